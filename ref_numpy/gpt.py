@@ -1,0 +1,239 @@
+"""The GPT of nanoGPT (GPT-2's architecture) in NumPy: forward pass and hand-written backward.
+
+Tokens and positions are embedded and added; n_layer pre-LayerNorm blocks each add causal
+multi-head self-attention and a GELU MLP to the residual stream; a final LayerNorm and the
+transposed token embedding (weight tying) give the logits; cross-entropy gives the loss.
+Parameters are a dict named exactly as `dict(torch_model.named_parameters())` of nanoGPT.
+The backward pass runs the layers of `ref_numpy.layers` in reverse, in the order of the forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ref_numpy.config import GPTConfig
+from ref_numpy.layers import (
+    NAIVE_ATTENTION,
+    Attention,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    gelu_backward,
+    gelu_forward,
+    layernorm_backward,
+    layernorm_forward,
+    linear_backward,
+    linear_forward,
+)
+
+__all__ = ["GPTConfig", "param_shapes", "init_params", "forward", "backward"]
+
+INIT_STD = 0.02
+
+
+def param_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in nanoGPT's `named_parameters()` order."""
+    C = cfg.n_embd
+    shapes: dict[str, tuple[int, ...]] = {
+        "transformer.wte.weight": (cfg.vocab_size, C),  # also the lm_head (tied)
+        "transformer.wpe.weight": (cfg.block_size, C),
+    }
+
+    def add(prefix: str, out_features: int, in_features: int | None = None) -> None:
+        if in_features is None:  # LayerNorm
+            shapes[f"{prefix}.weight"] = (out_features,)
+        else:  # Linear, weight [out, in]
+            shapes[f"{prefix}.weight"] = (out_features, in_features)
+        if cfg.bias:
+            shapes[f"{prefix}.bias"] = (out_features,)
+
+    for layer in range(cfg.n_layer):
+        h = f"transformer.h.{layer}"
+        add(f"{h}.ln_1", C)
+        add(f"{h}.attn.c_attn", 3 * C, C)
+        add(f"{h}.attn.c_proj", C, C)
+        add(f"{h}.ln_2", C)
+        add(f"{h}.mlp.c_fc", 4 * C, C)
+        add(f"{h}.mlp.c_proj", C, 4 * C)
+    add("transformer.ln_f", C)
+    return shapes
+
+
+def init_params(cfg: GPTConfig, seed: int = 0, dtype=np.float64) -> dict[str, np.ndarray]:
+    """nanoGPT's initialisation, drawn from one seeded generator in parameter order.
+
+    Weights of Linear and Embedding layers ~ N(0, 0.02^2); biases 0; LayerNorm weights 1.
+    The two projections that write into the residual stream in each block (`attn.c_proj`,
+    `mlp.c_proj`) get std 0.02 / sqrt(2 * n_layer): the stream is a sum of 2 * n_layer such
+    contributions, and scaling each by 1/sqrt(2 * n_layer) keeps the variance of the sum
+    independent of depth (GPT-2 paper, section 2.3; measured in residual_variance).
+    """
+    rng = np.random.default_rng(seed)
+    residual_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if name.endswith(".bias"):
+            value = np.zeros(shape)
+        elif len(shape) == 1:  # LayerNorm weight
+            value = np.ones(shape)
+        elif name.endswith("c_proj.weight"):
+            value = rng.normal(0.0, residual_std, size=shape)
+        else:
+            value = rng.normal(0.0, INIT_STD, size=shape)
+        params[name] = value.astype(dtype)
+    return params
+
+
+def _layer(params: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.ndarray | None]:
+    return params[f"{prefix}.weight"], params.get(f"{prefix}.bias")
+
+
+# ----------------------------------------------------------------------------- attention layer
+def self_attention_forward(
+    x: np.ndarray, params: dict, prefix: str, n_head: int, attention: Attention
+) -> tuple[np.ndarray, tuple]:
+    B, T, C = x.shape
+    D = C // n_head
+    qkv, c_attn_cache = linear_forward(x, *_layer(params, f"{prefix}.c_attn"))  # [B, T, 3C]
+    # [B, T, 3C] -> 3 x [B, T, H, D] -> 3 x [B, H, T, D]: each head attends in its own D dims
+    q, k, v = (
+        part.reshape(B, T, n_head, D).transpose(0, 2, 1, 3) for part in np.split(qkv, 3, axis=-1)
+    )
+    heads, attention_cache = attention.forward(q, k, v)  # [B, H, T, D]
+    merged = heads.transpose(0, 2, 1, 3).reshape(B, T, C)  # [B, H, T, D] -> [B, T, C]
+    out, c_proj_cache = linear_forward(merged, *_layer(params, f"{prefix}.c_proj"))  # [B, T, C]
+    return out, (c_attn_cache, attention_cache, c_proj_cache, attention.backward, n_head)
+
+
+# The reshapes and transposes only move numbers, so their backward moves the gradients back.
+def self_attention_backward(dout: np.ndarray, cache: tuple, grads: dict, prefix: str) -> np.ndarray:
+    c_attn_cache, attention_cache, c_proj_cache, attention_backward, n_head = cache
+    B, T, C = dout.shape
+    D = C // n_head
+    dmerged = _linear_backward_into(dout, c_proj_cache, grads, f"{prefix}.c_proj")  # [B, T, C]
+    dheads = dmerged.reshape(B, T, n_head, D).transpose(0, 2, 1, 3)  # [B, H, T, D]
+    dq, dk, dv = attention_backward(dheads, attention_cache)  # 3 x [B, H, T, D]
+    dqkv = np.concatenate(
+        [d.transpose(0, 2, 1, 3).reshape(B, T, C) for d in (dq, dk, dv)], axis=-1
+    )  # [B, T, 3C]
+    return _linear_backward_into(dqkv, c_attn_cache, grads, f"{prefix}.c_attn")  # [B, T, C]
+
+
+# ----------------------------------------------------------------------------- MLP
+def mlp_forward(x: np.ndarray, params: dict, prefix: str, gelu: str) -> tuple[np.ndarray, tuple]:
+    hidden, c_fc_cache = linear_forward(x, *_layer(params, f"{prefix}.c_fc"))  # [B, T, 4C]
+    activated, gelu_cache = gelu_forward(hidden, gelu)  # [B, T, 4C]
+    out, c_proj_cache = linear_forward(activated, *_layer(params, f"{prefix}.c_proj"))  # [B, T, C]
+    return out, (c_fc_cache, gelu_cache, c_proj_cache)
+
+
+def mlp_backward(dout: np.ndarray, cache: tuple, grads: dict, prefix: str) -> np.ndarray:
+    c_fc_cache, gelu_cache, c_proj_cache = cache
+    dactivated = _linear_backward_into(dout, c_proj_cache, grads, f"{prefix}.c_proj")
+    dhidden = gelu_backward(dactivated, gelu_cache)
+    return _linear_backward_into(dhidden, c_fc_cache, grads, f"{prefix}.c_fc")
+
+
+# ----------------------------------------------------------------------------- block
+def block_forward(
+    x: np.ndarray, params: dict, prefix: str, cfg: GPTConfig, attention: Attention
+) -> tuple[np.ndarray, tuple]:
+    h1, ln_1_cache = layernorm_forward(x, *_layer(params, f"{prefix}.ln_1"))
+    a, attn_cache = self_attention_forward(h1, params, f"{prefix}.attn", cfg.n_head, attention)
+    x = x + a  # residual: attention adds to the stream
+    h2, ln_2_cache = layernorm_forward(x, *_layer(params, f"{prefix}.ln_2"))
+    m, mlp_cache = mlp_forward(h2, params, f"{prefix}.mlp", cfg.gelu)
+    x = x + m  # residual: the MLP adds to the stream
+    return x, (ln_1_cache, attn_cache, ln_2_cache, mlp_cache)
+
+
+# A residual add y = x + f(x) passes dy to x unchanged and adds f's backward: dx = dy + f'(dy).
+def block_backward(dout: np.ndarray, cache: tuple, grads: dict, prefix: str) -> np.ndarray:
+    ln_1_cache, attn_cache, ln_2_cache, mlp_cache = cache
+    dh2 = mlp_backward(dout, mlp_cache, grads, f"{prefix}.mlp")
+    dx = dout + _layernorm_backward_into(dh2, ln_2_cache, grads, f"{prefix}.ln_2")
+    dh1 = self_attention_backward(dx, attn_cache, grads, f"{prefix}.attn")
+    return dx + _layernorm_backward_into(dh1, ln_1_cache, grads, f"{prefix}.ln_1")
+
+
+def _store(grads: dict, prefix: str, dweight: np.ndarray, dbias: np.ndarray | None) -> None:
+    grads[f"{prefix}.weight"] = dweight
+    if dbias is not None:
+        grads[f"{prefix}.bias"] = dbias
+
+
+def _linear_backward_into(dout: np.ndarray, cache: tuple, grads: dict, prefix: str) -> np.ndarray:
+    dx, dweight, dbias = linear_backward(dout, cache)
+    _store(grads, prefix, dweight, dbias)
+    return dx
+
+
+def _layernorm_backward_into(dout: np.ndarray, cache: tuple, grads: dict, prefix: str) -> np.ndarray:
+    dx, dweight, dbias = layernorm_backward(dout, cache)
+    _store(grads, prefix, dweight, dbias)
+    return dx
+
+
+# ----------------------------------------------------------------------------- the model
+def forward(
+    params: dict[str, np.ndarray],
+    cfg: GPTConfig,
+    idx: np.ndarray,
+    targets: np.ndarray | None = None,
+    attention: Attention = NAIVE_ATTENTION,
+) -> tuple[np.ndarray, float | None, dict]:
+    """Logits [B, T, V] for every position, the loss (None without targets), and the cache."""
+    if cfg.dropout != 0.0:
+        raise ValueError("the NumPy GPT implements dropout=0.0 only; set dropout to 0")
+    idx = np.asarray(idx)
+    if idx.ndim != 2:
+        raise ValueError(f"idx must have shape (B, T), got {idx.shape}")
+    B, T = idx.shape
+    if T > cfg.block_size:
+        raise ValueError(f"cannot forward a sequence of length {T}: block_size is {cfg.block_size}")
+    if idx.min() < 0 or idx.max() >= cfg.vocab_size:
+        raise ValueError(f"token ids must lie in [0, {cfg.vocab_size})")
+    wte = params["transformer.wte.weight"]  # [V, C]
+    tok, tok_cache = embedding_forward(wte, idx)  # [B, T, C]
+    pos = params["transformer.wpe.weight"][:T]  # [T, C]
+    x = tok + pos  # [B, T, C] the residual stream
+    block_caches = []
+    for layer in range(cfg.n_layer):
+        x, block_cache = block_forward(x, params, f"transformer.h.{layer}", cfg, attention)
+        block_caches.append(block_cache)
+    xf, ln_f_cache = layernorm_forward(x, *_layer(params, "transformer.ln_f"))  # [B, T, C]
+    logits, lm_head_cache = linear_forward(xf, wte, None)  # tied lm_head: [B, T, C] -> [B, T, V]
+    loss, loss_cache = (None, None) if targets is None else cross_entropy_forward(logits, targets)
+    cache = dict(
+        cfg=cfg,
+        T=T,
+        tok_cache=tok_cache,
+        block_caches=block_caches,
+        ln_f_cache=ln_f_cache,
+        lm_head_cache=lm_head_cache,
+        loss_cache=loss_cache,
+    )
+    return logits, loss, cache
+
+
+def backward(cache: dict) -> dict[str, np.ndarray]:
+    """Gradients of the mean loss with respect to every parameter (same keys as params)."""
+    if cache["loss_cache"] is None:
+        raise ValueError("backward needs a loss: call forward with targets")
+    cfg = cache["cfg"]
+    grads: dict[str, np.ndarray] = {}
+    dlogits = cross_entropy_backward(1.0, cache["loss_cache"])  # [B, T, V]
+    dxf, dwte_head, _ = linear_backward(dlogits, cache["lm_head_cache"])  # [B, T, C], [V, C]
+    dx = _layernorm_backward_into(dxf, cache["ln_f_cache"], grads, "transformer.ln_f")
+    for layer in reversed(range(cfg.n_layer)):
+        dx = block_backward(dx, cache["block_caches"][layer], grads, f"transformer.h.{layer}")
+    # x = wte[idx] + wpe[:T]: the position table gets the gradient summed over the batch, and
+    # the tied token table the sum of its two uses, as embedding and as lm_head.
+    dwpe = np.zeros((cfg.block_size, cfg.n_embd), dtype=dx.dtype)
+    dwpe[: cache["T"]] = dx.sum(axis=0)
+    grads["transformer.wpe.weight"] = dwpe
+    grads["transformer.wte.weight"] = embedding_backward(dx, cache["tok_cache"]) + dwte_head
+    return {name: grads[name] for name in param_shapes(cfg)}  # in parameter order

@@ -1,0 +1,202 @@
+"""The layers of a GPT as pure NumPy functions, each `*_forward` beside its `*_backward`.
+
+A `*_forward` returns its output and a cache: exactly what its backward needs. A `*_backward`
+takes the gradient of the loss with respect to the output (`d<name>` is dLoss/d<name>) and the
+cache, and returns the gradients of the inputs and parameters. The derivation of each backward
+sits in the comment above it. Every function works in the dtype of its inputs (float64 or
+float32): Python-float constants do not promote NumPy arrays (NEP 50).
+Shapes: B batch, T time, C channels (n_embd), H heads, D = C / H, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from ref_numpy.erf import erf
+
+LAYER_NORM_EPS = 1e-5
+
+
+# ----------------------------------------------------------------------------- embedding
+def embedding_forward(weight: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, tuple]:
+    out = weight[idx]  # [V, C], [B, T] -> [B, T, C]
+    return out, (idx, weight.shape)
+
+
+# out[b, t] = weight[idx[b, t]]: each output row is a copy of one weight row, so the gradient of
+# a weight row is the sum of the output gradients of every position that looked it up.
+# np.add.at accumulates repeated indices (plain fancy-index assignment would keep only one).
+def embedding_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+    idx, weight_shape = cache
+    dweight = np.zeros(weight_shape, dtype=dout.dtype)
+    np.add.at(dweight, idx, dout)  # [B, T, C] scattered into [V, C]
+    return dweight
+
+
+# ----------------------------------------------------------------------------- layer norm
+def layernorm_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
+) -> tuple[np.ndarray, tuple]:
+    mean = x.mean(axis=-1, keepdims=True)  # [B, T, 1]
+    xc = x - mean  # [B, T, C]
+    var = (xc * xc).mean(axis=-1, keepdims=True)  # [B, T, 1], biased, as torch
+    rstd = 1.0 / np.sqrt(var + LAYER_NORM_EPS)  # [B, T, 1]
+    xhat = xc * rstd  # [B, T, C]
+    out = xhat * weight  # [B, T, C]
+    if bias is not None:
+        out += bias
+    return out, (xhat, rstd, weight, bias is not None)
+
+
+# y = w * xhat + b with xhat = (x - mean) * rstd. The parameter gradients are sums over B, T:
+# dw = sum(dy * xhat), db = sum(dy). For the input, with g = dy * w, differentiating through
+# mean and rstd (both depend on every x in the row) gives
+#   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+# where the two means run over C: the first removes the part of g that only shifts the row, the
+# second the part that only rescales it, since normalisation undoes both.
+def layernorm_backward(
+    dout: np.ndarray, cache: tuple
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    xhat, rstd, weight, has_bias = cache
+    g = dout * weight  # [B, T, C]
+    dx = rstd * (
+        g
+        - g.mean(axis=-1, keepdims=True)
+        - xhat * (g * xhat).mean(axis=-1, keepdims=True)
+    )  # [B, T, C]
+    dweight = (dout * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)  # [C]
+    dbias = dout.reshape(-1, dout.shape[-1]).sum(axis=0) if has_bias else None  # [C]
+    return dx, dweight, dbias
+
+
+# ----------------------------------------------------------------------------- linear
+def linear_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
+) -> tuple[np.ndarray, tuple]:
+    out = x @ weight.T  # [..., in] @ [in, out] -> [..., out]; weight is [out, in] as torch
+    if bias is not None:
+        out += bias
+    return out, (x, weight, bias is not None)
+
+
+# y = x W^T + b, so dx = dy W, dW = dy^T x summed over every position, db = sum(dy)
+# (None when the layer has no bias).
+def linear_backward(
+    dout: np.ndarray, cache: tuple
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    x, weight, has_bias = cache
+    dx = dout @ weight  # [..., out] @ [out, in] -> [..., in]
+    dout_2d = dout.reshape(-1, dout.shape[-1])  # [N, out]
+    dweight = dout_2d.T @ x.reshape(-1, x.shape[-1])  # [out, N] @ [N, in] -> [out, in]
+    dbias = dout_2d.sum(axis=0) if has_bias else None  # [out]
+    return dx, dweight, dbias
+
+
+# ----------------------------------------------------------------------------- GELU
+# GELU(x) = x * Phi(x), Phi the standard normal CDF. "erf" computes Phi exactly,
+# Phi(x) = (1 + erf(x / sqrt 2)) / 2 (torch's nn.GELU()); "tanh" is GPT-2's approximation
+# Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2.
+SQRT_HALF = math.sqrt(0.5)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+GELU_TANH_COEFF = 0.044715
+
+
+def gelu_forward(x: np.ndarray, form: str = "erf") -> tuple[np.ndarray, tuple]:
+    if form == "erf":
+        cdf = 0.5 * (1.0 + erf(x * SQRT_HALF))  # [B, T, 4C] Phi(x)
+        return x * cdf, (x, cdf, form)
+    if form == "tanh":
+        t = np.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_COEFF * x * x * x))  # [B, T, 4C]
+        return 0.5 * x * (1.0 + t), (x, t, form)
+    raise ValueError(f"unknown GELU form {form!r}; use 'erf' or 'tanh'")
+
+
+# erf form: d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi) the density.
+# tanh form: with u = sqrt(2/pi) (x + a x^3), y = x (1 + tanh u) / 2, so
+#   dy/dx = (1 + tanh u) / 2 + x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 a x^2) / 2.
+def gelu_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+    x, saved, form = cache
+    if form == "erf":
+        cdf = saved
+        pdf = INV_SQRT_2PI * np.exp(-0.5 * x * x)
+        return dout * (cdf + x * pdf)
+    t = saved
+    du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEFF * x * x)
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+
+
+# ----------------------------------------------------------------------------- attention
+def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Causal scaled dot-product attention, materialising the T x T matrix of probabilities."""
+    T, D = q.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(D)  # keeps the scores' variance ~1 whatever D (see attention_scaling)
+    scores = (q @ np.swapaxes(k, -1, -2)) * scale  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)  # position t sees keys 0..t only
+    scores[..., future] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)  # softmax is shift-invariant; avoids overflow
+    probs = np.exp(scores, out=scores)
+    probs /= probs.sum(axis=-1, keepdims=True)  # [B, H, T, T]
+    out = probs @ v  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    return out, (q, k, v, probs, scale)
+
+
+# With S = scale * Q K^T, P = softmax(S) row-wise, O = P V:
+#   dV = P^T dO,  dP = dO V^T,
+#   dS = P * (dP - rowsum(dP * P))      (the softmax Jacobian diag(p) - p p^T applied per row),
+#   dQ = scale * dS K,  dK = scale * dS^T Q.
+# Masked entries have P = 0, so they receive no gradient without any extra masking.
+def attention_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    q, k, v, probs, scale = cache
+    dv = np.swapaxes(probs, -1, -2) @ dout  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    dprobs = dout @ np.swapaxes(v, -1, -2)  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))  # [B, H, T, T]
+    dq = (dscores @ k) * scale  # [B, H, T, D]
+    dk = (np.swapaxes(dscores, -1, -2) @ q) * scale  # [B, H, T, D]
+    return dq, dk, dv
+
+
+class Attention(NamedTuple):
+    """A pluggable attention core: forward(q, k, v) -> (out, cache), backward(dout, cache)."""
+
+    forward: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, tuple]]
+    backward: Callable[[np.ndarray, tuple], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+NAIVE_ATTENTION = Attention(attention_forward, attention_backward)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+IGNORE_INDEX = -1
+
+
+def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray) -> tuple[float, tuple]:
+    """Mean of -log softmax(logits)[target] over positions whose target is not IGNORE_INDEX."""
+    V = logits.shape[-1]
+    logits_2d = logits.reshape(-1, V)  # [N, V]
+    targets_1d = targets.reshape(-1)  # [N]
+    valid = targets_1d != IGNORE_INDEX  # [N]
+    if np.any((targets_1d < IGNORE_INDEX) | (targets_1d >= V)):
+        raise ValueError(f"targets must lie in [0, {V}) or equal {IGNORE_INDEX}")
+    shifted = logits_2d - logits_2d.max(axis=-1, keepdims=True)  # [N, V]
+    exp = np.exp(shifted)
+    sum_exp = exp.sum(axis=-1, keepdims=True)  # [N, 1]
+    probs = exp / sum_exp  # [N, V]
+    safe_targets = np.where(valid, targets_1d, 0)
+    log_probs = shifted[np.arange(len(targets_1d)), safe_targets] - np.log(sum_exp[:, 0])  # [N]
+    n_valid = int(valid.sum())
+    loss = -(log_probs * valid).sum() / n_valid if n_valid else float("nan")
+    return loss, (probs, safe_targets, valid, n_valid, logits.shape)
+
+
+# loss = -(1/n) sum_valid log softmax(z)[y], and d(-log softmax(z)[y])/dz = softmax(z) - onehot(y),
+# so dlogits = (probs - onehot) / n on valid rows and 0 on ignored ones.
+def cross_entropy_backward(dloss: float, cache: tuple) -> np.ndarray:
+    probs, safe_targets, valid, n_valid, logits_shape = cache
+    dlogits = probs.copy()  # [N, V]
+    dlogits[np.arange(len(safe_targets)), safe_targets] -= 1.0
+    dlogits *= (dloss / max(n_valid, 1)) * valid[:, None]
+    return dlogits.reshape(logits_shape)

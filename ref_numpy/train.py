@@ -1,0 +1,138 @@
+"""Train the NumPy GPT on a CPU: `python -m ref_numpy.train --max_iters 200 ...`.
+
+The reference trainer: the same loop, schedule, clipping and batches as torch_impl's, in the
+hand-written NumPy model. Writes out_dir/log.jsonl, out_dir/loss.png and out_dir/params.npz.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from ref_numpy.adamw import AdamW, clip_grad_norm
+from ref_numpy.data import decode
+from ref_numpy.gpt import GPTConfig, backward, forward, init_params
+from ref_numpy.sample import generate
+from ref_numpy.schedule import get_lr
+from ref_numpy.training import (
+    RunLog,
+    TrainConfig,
+    atomic_write_bytes,
+    eval_batches,
+    load_training_data,
+    parse_config,
+    run_main,
+    train_sampler,
+    unigram_loss,
+)
+
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+@dataclass
+class NumpyTrainConfig(TrainConfig):
+    out_dir: str = "out-numpy"
+    dtype: str = "float32"  # float32 or float64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+
+def train_step(
+    params: dict[str, np.ndarray],
+    cfg: GPTConfig,
+    optimizer: AdamW,
+    micro_batches: Sequence[tuple[np.ndarray, np.ndarray]],
+    lr: float,
+    grad_clip: float,
+) -> tuple[float, float]:
+    """One optimizer step over gradient-accumulated micro-batches: (mean loss, grad norm).
+
+    Each micro-batch's gradient is divided by their number, so the step uses the gradient of
+    the mean loss over all of them, as one large batch would.
+    """
+    total = None
+    losses = []
+    for x, y in micro_batches:
+        _, loss, cache = forward(params, cfg, x, y)
+        grads = backward(cache)
+        losses.append(float(loss))
+        if total is None:
+            total = grads
+        else:
+            for name, g in grads.items():
+                total[name] += g
+    scale = 1.0 / len(micro_batches)
+    for g in total.values():
+        g *= scale
+    grad_norm = clip_grad_norm(total, grad_clip) if grad_clip > 0 else float("nan")
+    optimizer.step(total, lr=lr)
+    return float(np.mean(losses)), grad_norm
+
+
+def estimate_loss(params: dict, cfg: GPTConfig, batches: dict[str, list]) -> dict[str, float]:
+    return {split: float(np.mean([forward(params, cfg, x, y)[1] for x, y in split_batches]))
+            for split, split_batches in batches.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_config(NumpyTrainConfig, argv, __doc__.splitlines()[0])
+    data = load_training_data(config)
+    cfg = config.model_config(data.vocab_size)
+    params = init_params(cfg, seed=config.seed, dtype=DTYPES[config.dtype])
+    optimizer = AdamW(params, lr=config.learning_rate, betas=(config.beta1, config.beta2),
+                      eps=config.eps, weight_decay=config.weight_decay)
+    sampler = train_sampler(data, config)
+    fixed_eval_batches = eval_batches(data, config)
+    baseline = unigram_loss(data)
+    log = RunLog(config.out_dir, config)
+    tokens_per_iter = config.gradient_accumulation_steps * config.batch_size * config.block_size
+    print(f"NumPy GPT, {sum(p.size for p in params.values()):,} parameters, {config.dtype}; "
+          f"{tokens_per_iter} tokens per iteration; unigram baseline {baseline:.4f}")
+
+    def evaluate(it: int) -> None:
+        losses = estimate_loss(params, cfg, fixed_eval_batches)
+        log.write({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
+                   "unigram_loss": baseline})
+        tqdm.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+
+    progress = tqdm(range(config.max_iters), desc="numpy", unit="it")
+    for it in progress:
+        if it % config.eval_interval == 0:
+            evaluate(it)
+        lr = get_lr(it, config.learning_rate, config.warmup_iters, config.lr_decay_iters,
+                    config.min_lr, config.decay_lr)
+        start = time.perf_counter()
+        micro = [sampler.next_batch() for _ in range(config.gradient_accumulation_steps)]
+        loss, grad_norm = train_step(params, cfg, optimizer, micro, lr, config.grad_clip)
+        if not np.isfinite(loss):
+            raise ValueError(f"the loss became {loss} at iteration {it}; lower --learning_rate")
+        tokens_per_second = tokens_per_iter / (time.perf_counter() - start)
+        if it % config.log_interval == 0:
+            log.write({"iter": it, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                       "tokens_per_second": tokens_per_second})
+        progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
+    evaluate(config.max_iters)
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **params)
+    atomic_write_bytes(log.out_dir / "params.npz", buffer.getvalue())
+    figure = log.plot(f"NumPy GPT on {data.meta['source']}")
+    print(f"wrote {log.path}, {figure} and {log.out_dir / 'params.npz'}")
+    if config.sample_tokens:
+        rng = np.random.default_rng(config.seed)
+        start_ids = np.zeros((1, 1), dtype=np.int64)  # token 0, the newline in Shakespeare
+        out = generate(params, cfg, start_ids, config.sample_tokens, rng, config.temperature, config.top_k)
+        print("---- sample ----")
+        print(decode(out[0].tolist(), data.meta["chars"]))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,235 @@
+"""What the NumPy and the torch trainers share: the training configuration and its command line,
+the data set-up, the fixed evaluation batches, the JSONL log and the loss-curve figure.
+
+The math of a training step lives in each trainer; everything here is bookkeeping, written once
+so that the two trainers cannot drift apart in how they read flags, draw batches or log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ref_numpy.config import GPTConfig
+from ref_numpy.data import BatchSampler, DataError, default_data_dir, ensure_prepared, load_split
+
+EVAL_SEED_OFFSET = 10_000  # evaluation batches use their own stream, apart from training's
+
+
+@dataclass
+class TrainConfig:
+    """nanoGPT's training options (same names), sized to train in minutes on a 2-core CPU."""
+
+    # I/O
+    out_dir: str = "out"
+    eval_interval: int = 100
+    log_interval: int = 10
+    eval_iters: int = 10  # batches per split per evaluation
+    # data: the Shakespeare corpus unless `text` names a UTF-8 file
+    text: str | None = None
+    data_dir: str | None = None  # default: data/shakespeare_char or data/<text stem>_char
+    gradient_accumulation_steps: int = 1
+    batch_size: int = 16
+    block_size: int = 64
+    # model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    gelu: str = "erf"
+    # AdamW
+    learning_rate: float = 2e-3
+    max_iters: int = 600
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+    # learning-rate schedule
+    decay_lr: bool = True
+    warmup_iters: int = 50
+    lr_decay_iters: int | None = None  # None: max_iters
+    min_lr: float = 2e-4
+    # the rest
+    seed: int = 1337
+    sample_tokens: int = 300  # characters generated at the end (0: none)
+    temperature: float = 0.8
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr_decay_iters is None:
+            self.lr_decay_iters = self.max_iters
+        positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps",
+                    "batch_size", "block_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_iters", "warmup_iters", "sample_tokens", "lr_decay_iters"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("--learning_rate must be positive; --min_lr, --weight_decay, --grad_clip non-negative")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be positive, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"--top_k must be at least 1, got {self.top_k}")
+        self.model_config(vocab_size=1)  # n_embd % n_head, gelu, dropout: fail before any work
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
+                         bias=self.bias, gelu=self.gelu)
+
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir) if self.data_dir is not None else default_data_dir(self.text)
+
+
+# ----------------------------------------------------------------------------- command line
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parser_for(annotation: Any) -> Callable[[str], Any]:
+    """The argparse `type` for a dataclass field annotation (str, int, float, bool, X | None)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        inner = _parser_for(next(a for a in args if a is not type(None)))
+        return lambda text: None if text.lower() == "none" else inner(text)
+    if annotation is bool:
+        return _parse_bool
+    return annotation
+
+
+def parse_config(cls: type, argv: Sequence[str] | None, description: str) -> Any:
+    """Build `cls` (a TrainConfig dataclass) from `--key value` / `--key=value` flags."""
+    parser = argparse.ArgumentParser(description=description)
+    hints = typing.get_type_hints(cls)
+    for field in fields(cls):
+        parser.add_argument(f"--{field.name}", type=_parser_for(hints[field.name]),
+                            default=field.default, metavar=hints[field.name].__name__
+                            if isinstance(hints[field.name], type) else "VALUE",
+                            help=f"(default: {field.default})")
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a command-line program: errors a user can cause end in one line and exit code 2."""
+    try:
+        main()
+    except (DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class TrainingData:
+    train: np.ndarray
+    val: np.ndarray
+    meta: dict
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    data_dir = config.resolved_data_dir()
+    meta = ensure_prepared(data_dir, config.text)
+    data = TrainingData(load_split(data_dir, "train"), load_split(data_dir, "val"), meta)
+    for name in ("train", "val"):  # fails early, with the data error, if a split is too short
+        BatchSampler(getattr(data, name), config.block_size, config.batch_size, 0, name)
+    return data
+
+
+def eval_batches(data: TrainingData, config: TrainConfig) -> dict[str, list]:
+    """The same `eval_iters` batches of each split at every evaluation: a smooth val curve."""
+    batches = {}
+    for offset, split in enumerate(("train", "val")):
+        sampler = BatchSampler(getattr(data, split), config.block_size, config.batch_size,
+                               config.seed + EVAL_SEED_OFFSET + offset, split)
+        batches[split] = [sampler.next_batch() for _ in range(config.eval_iters)]
+    return batches
+
+
+def train_sampler(data: TrainingData, config: TrainConfig) -> BatchSampler:
+    return BatchSampler(data.train, config.block_size, config.batch_size, config.seed, "train")
+
+
+# ----------------------------------------------------------------------------- log and figure
+class RunLog:
+    """Appends one JSON object per line to out_dir/log.jsonl and keeps them for the figure."""
+
+    def __init__(self, out_dir: str | Path, config: Any) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / "log.jsonl"
+        self.records: list[dict] = []
+        self.path.write_text("")
+        self.write({"config": dataclasses.asdict(config)})
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def plot(self, title: str) -> Path:
+        """Training loss per iteration and train/val loss at each evaluation, as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r for r in self.records if "loss" in r]
+        evals = [r for r in self.records if "val_loss" in r]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6,
+                label="training batch")
+        ax.plot([r["iter"] for r in evals], [r["train_loss"] for r in evals], "o-", label="train (eval)")
+        ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "s-", label="val (eval)")
+        if evals and "unigram_loss" in evals[0]:
+            ax.axhline(evals[0]["unigram_loss"], color="gray", ls="--", label="unigram baseline")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("cross-entropy loss (nats per character)")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        path = self.out_dir / "loss.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def unigram_loss(data: TrainingData) -> float:
+    """Cross-entropy on val of the best model that ignores context: train character frequencies.
+
+    A trained model must beat it; it is the loss of predicting every character from its
+    frequency alone.
+    """
+    counts = np.bincount(data.train, minlength=data.vocab_size).astype(np.float64) + 1.0  # add-one
+    log_probs = np.log(counts / counts.sum())
+    return float(-log_probs[data.val].mean())
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write through a temporary file in the same folder and rename: never a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
