@@ -119,7 +119,7 @@ def train_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(torch.stack(losses).float().mean()), grad_norm
+    return torch.stack(losses).mean().item(), grad_norm
 
 
 @torch.no_grad()
