@@ -9,9 +9,9 @@ erf(1) takes over; from 1.25 erf is 1 minus a tail smaller than 0.08, so the tai
 erfc(x) = exp(-x^2 - 0.5625 + R(1/x^2)/S(1/x^2)) / x, is what gets approximated (two fits, split
 at 1/0.35); from 6 on, erf rounds to +-1.
 exp turns an absolute error in its argument into the same relative error in its result, and
-x*x rounded is off by up to x^2 * 2^-53 (36 ulps of 1 at x = 6), so x is split as z + (x - z)
-with z keeping only the top 21 bits of x's significand: z*z is then exact, and
--x^2 = -z*z + (z - x)*(z + x) goes into exp as two pieces.
+x*x rounded is off by up to x^2 * 2^-53 (36 * 2^-53 at x = 6: tens of ulps once through exp),
+so x is split as z + (x - z) with z keeping only the top 21 bits of x's significand: z*z is then
+exact, and -x^2 = -z*z + (z - x)*(z + x) goes into exp as two pieces.
 
 Reference: fdlibm s_erf.c, Sun Microsystems 1993 (the coefficients below), as kept in glibc
 sysdeps/ieee754/dbl-64/s_erf.c.

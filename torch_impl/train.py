@@ -151,9 +151,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
     low_precision = dtype in (torch.bfloat16, torch.float16)
     param_dtype = torch.float32 if low_precision else dtype
-    model = GPT(cfg, attention=config.attention)
-    model.load_numpy_params(init_params(cfg, seed=config.seed))  # the NumPy trainer's init
-    model.to(device=device, dtype=param_dtype)
+    model = GPT(cfg, attention=config.attention).to(device=device, dtype=param_dtype)
+    # the NumPy trainer's init, drawn in float64 and rounded once to the parameters' dtype
+    model.load_numpy_params(init_params(cfg, seed=config.seed))
     autocast = torch.autocast(device.type, dtype=dtype) if low_precision else None
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     optimizer = model.configure_optimizers(config.weight_decay, config.learning_rate,

@@ -1,0 +1,94 @@
+"""The two training programs, run as a user runs them: tiny sizes, then bad input.
+
+A good run exits 0 and writes its log, figure and weights and prints a sample; a bad input
+exits 2 with one `error:` line and no traceback.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--max_iters", "4", "--eval_interval", "2", "--eval_iters", "1", "--log_interval", "1",
+        "--batch_size", "2", "--block_size", "8", "--n_layer", "1", "--n_head", "2",
+        "--n_embd", "8", "--sample_tokens", "20", "--warmup_iters", "1"]
+PROGRAMS = {"numpy": ["-m", "ref_numpy.train"], "torch": ["-m", "torch_impl.train", "--device", "cpu"]}
+
+
+def run(args, **kwargs):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def log_records(out_dir):
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_tiny_training_run(program, corpus_dir, tmp_path):
+    out_dir = tmp_path / "out"
+    result = run([*PROGRAMS[program], *TINY, "--data_dir", str(corpus_dir), "--out_dir", str(out_dir)])
+    assert result.returncode == 0, result.stderr
+    records = log_records(out_dir)
+    assert records[0]["config"]["max_iters"] == 4
+    assert [r["iter"] for r in records if "loss" in r] == [0, 1, 2, 3]
+    assert [r["iter"] for r in records if "val_loss" in r] == [0, 2, 4]
+    assert (out_dir / "loss.png").stat().st_size > 0
+    assert (out_dir / ("params.npz" if program == "numpy" else "ckpt.pt")).exists()
+    sample = result.stdout.split("---- sample ----\n", 1)[1]
+    assert len(sample.rstrip("\n")) >= 20
+
+
+def test_both_programs_log_the_same_losses_in_float64(corpus_dir, tmp_path):
+    """Same flags, same seed: same init, batches and schedule, so the same losses."""
+    losses = {}
+    for program, args in PROGRAMS.items():
+        out_dir = tmp_path / program
+        result = run([*args, *TINY, "--dtype", "float64", "--sample_tokens", "0",
+                      "--data_dir", str(corpus_dir), "--out_dir", str(out_dir)])
+        assert result.returncode == 0, result.stderr
+        losses[program] = [r["loss"] for r in log_records(out_dir) if "loss" in r]
+    assert losses["numpy"] == pytest.approx(losses["torch"], rel=1e-12)
+
+
+BAD_INPUTS = {
+    "n_embd not divisible by n_head": (["--n_embd", "10", "--n_head", "3"], "divisible"),
+    "batch size 0": (["--batch_size", "0"], "batch_size"),
+    "unknown flag": (["--no_such_flag", "1"], "unrecognized"),
+    "bad boolean": (["--bias", "maybe"], "true or false"),
+    "missing text file": (["--text", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+    "bad gelu": (["--gelu", "relu"], "gelu"),
+}
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gives_one_line_and_exit_2(program, case, tmp_path):
+    flags, expected = BAD_INPUTS[case]
+    result = run([*PROGRAMS[program], *flags, "--out_dir", str(tmp_path / "out")])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_block_size_longer_than_the_data_is_refused(program, tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("to be or not to be, that is the question\n" * 3)
+    result = run([*PROGRAMS[program], "--text", str(text), "--block_size", "64",
+                  "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out")])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "block_size" in result.stderr.strip().splitlines()[-1]
+
+
+def test_torch_refuses_a_missing_device(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run(["-m", "torch_impl.train", "--device", "cuda", "--out_dir", str(tmp_path)])
+    assert result.returncode == 2 and "CUDA is not available" in result.stderr
