@@ -33,14 +33,14 @@ class TrainConfig:
 
     # I/O
     out_dir: str = "out"
-    eval_interval: int = 100
+    eval_interval: int = 250
     log_interval: int = 10
     eval_iters: int = 10  # batches per split per evaluation
     # data: the Shakespeare corpus unless `text` names a UTF-8 file
     text: str | None = None
     data_dir: str | None = None  # default: data/shakespeare_char or data/<text stem>_char
     gradient_accumulation_steps: int = 1
-    batch_size: int = 16
+    batch_size: int = 32
     block_size: int = 64
     # model
     n_layer: int = 4
@@ -51,7 +51,7 @@ class TrainConfig:
     gelu: str = "erf"
     # AdamW
     learning_rate: float = 2e-3
-    max_iters: int = 600
+    max_iters: int = 2000
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -59,7 +59,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     # learning-rate schedule
     decay_lr: bool = True
-    warmup_iters: int = 50
+    warmup_iters: int = 100
     lr_decay_iters: int | None = None  # None: max_iters
     min_lr: float = 2e-4
     # the rest
