@@ -10,6 +10,7 @@ Shapes: B batch, T time, C channels (n_embd), H heads, D = C / H, V vocabulary.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -76,7 +77,9 @@ def layernorm_backward(
 def linear_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
 ) -> tuple[np.ndarray, tuple]:
-    out = x @ weight.T  # [..., in] @ [in, out] -> [..., out]; weight is [out, in] as torch
+    # one 2-D matmul over all positions: a single large BLAS call, not one per batch row
+    out = x.reshape(-1, x.shape[-1]) @ weight.T  # [N, in] @ [in, out] -> [N, out]; weight [out, in]
+    out = out.reshape(*x.shape[:-1], weight.shape[0])  # [..., out]
     if bias is not None:
         out += bias
     return out, (x, weight, bias is not None)
@@ -88,8 +91,8 @@ def linear_backward(
     dout: np.ndarray, cache: tuple
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     x, weight, has_bias = cache
-    dx = dout @ weight  # [..., out] @ [out, in] -> [..., in]
     dout_2d = dout.reshape(-1, dout.shape[-1])  # [N, out]
+    dx = (dout_2d @ weight).reshape(x.shape)  # [N, out] @ [out, in] -> [N, in] -> [..., in]
     dweight = dout_2d.T @ x.reshape(-1, x.shape[-1])  # [out, N] @ [N, in] -> [out, in]
     dbias = dout_2d.sum(axis=0) if has_bias else None  # [out]
     return dx, dweight, dbias
@@ -107,7 +110,9 @@ GELU_TANH_COEFF = 0.044715
 
 def gelu_forward(x: np.ndarray, form: str = "erf") -> tuple[np.ndarray, tuple]:
     if form == "erf":
-        cdf = 0.5 * (1.0 + erf(x * SQRT_HALF))  # [B, T, 4C] Phi(x)
+        cdf = erf(x * SQRT_HALF)  # [B, T, 4C], then in place to Phi(x) = (1 + erf) / 2
+        cdf += 1.0
+        cdf *= 0.5
         return x * cdf, (x, cdf, form)
     if form == "tanh":
         t = np.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_COEFF * x * x * x))  # [B, T, 4C]
@@ -121,22 +126,34 @@ def gelu_forward(x: np.ndarray, form: str = "erf") -> tuple[np.ndarray, tuple]:
 def gelu_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     x, saved, form = cache
     if form == "erf":
-        cdf = saved
-        pdf = INV_SQRT_2PI * np.exp(-0.5 * x * x)
-        return dout * (cdf + x * pdf)
+        dx = x * x  # built in place, one buffer: dout * (Phi(x) + x phi(x))
+        dx *= -0.5
+        np.exp(dx, out=dx)
+        dx *= INV_SQRT_2PI  # phi(x)
+        dx *= x
+        dx += saved  # Phi(x)
+        dx *= dout
+        return dx
     t = saved
     du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEFF * x * x)
     return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
 
 
 # ----------------------------------------------------------------------------- attention
+@functools.cache
+def causal_mask(T: int, dtype: np.dtype) -> np.ndarray:
+    """[T, T]: 0 on and below the diagonal, -inf above, added to the scores (read-only)."""
+    mask = np.where(np.triu(np.ones((T, T), dtype=bool), k=1), -np.inf, 0.0).astype(dtype)
+    mask.flags.writeable = False
+    return mask
+
+
 def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, tuple]:
     """Causal scaled dot-product attention, materialising the T x T matrix of probabilities."""
     T, D = q.shape[-2], q.shape[-1]
     scale = 1.0 / math.sqrt(D)  # keeps the scores' variance ~1 whatever D (see attention_scaling)
     scores = (q @ np.swapaxes(k, -1, -2)) * scale  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
-    future = np.triu(np.ones((T, T), dtype=bool), k=1)  # position t sees keys 0..t only
-    scores[..., future] = -np.inf
+    scores += causal_mask(T, scores.dtype)  # position t sees keys 0..t only
     scores -= scores.max(axis=-1, keepdims=True)  # softmax is shift-invariant; avoids overflow
     probs = np.exp(scores, out=scores)
     probs /= probs.sum(axis=-1, keepdims=True)  # [B, H, T, T]

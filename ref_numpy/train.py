@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ref_numpy.adamw import AdamW, clip_grad_norm
+from ref_numpy.allocator import keep_freed_memory
 from ref_numpy.data import decode
 from ref_numpy.gpt import GPTConfig, backward, forward, init_params
 from ref_numpy.sample import generate
@@ -84,6 +85,7 @@ def estimate_loss(params: dict, cfg: GPTConfig, batches: dict[str, list]) -> dic
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(NumpyTrainConfig, argv, __doc__.splitlines()[0])
+    keep_freed_memory()
     data = load_training_data(config)
     cfg = config.model_config(data.vocab_size)
     params = init_params(cfg, seed=config.seed, dtype=DTYPES[config.dtype])

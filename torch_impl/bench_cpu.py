@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ref_numpy.adamw import AdamW
+from ref_numpy.allocator import keep_freed_memory
 from ref_numpy.gpt import init_params
 from ref_numpy.train import train_step as numpy_train_step
 from ref_numpy.training import TrainConfig
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_cpu.json")
     args = parser.parse_args()
+    allocator_tuned = keep_freed_memory()  # as ref_numpy.train does; both sides run under it
 
     config = TrainConfig()
     cfg = config.model_config(VOCAB_SIZE)
@@ -102,6 +104,7 @@ def main() -> None:
         "config": {**cfg.to_dict(), "batch_size": config.batch_size},
         "torch_optimizer": "fused AdamW" if torch_optimizer.defaults.get("fused") else "foreach AdamW",
         "steps": args.steps,
+        "allocator_keeps_freed_memory": allocator_tuned,
         "numpy_step_seconds": numpy_median,
         "torch_step_seconds": torch_median,
         "numpy_over_torch": numpy_median / torch_median,
