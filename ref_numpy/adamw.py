@@ -37,7 +37,9 @@ class AdamW:
         decay_names: Iterable[str] | None = None,
     ) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} wd={weight_decay}")
+            raise ValueError(
+                f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} wd={weight_decay}"
+            )
         self.params = params
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.decay_names = set(split_decay(params)[0] if decay_names is None else decay_names)
@@ -69,8 +71,11 @@ class AdamW:
             p -= step_size * (m / denom)
 
     def state_dict(self) -> dict:
-        return {"t": self.t, "m": {k: a.copy() for k, a in self.m.items()},
-                "v": {k: a.copy() for k, a in self.v.items()}}
+        return {
+            "t": self.t,
+            "m": {k: a.copy() for k, a in self.m.items()},
+            "v": {k: a.copy() for k, a in self.v.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if set(state["m"]) != set(self.params) or set(state["v"]) != set(self.params):

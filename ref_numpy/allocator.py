@@ -28,8 +28,11 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(name).mallopt
     except (OSError, AttributeError):
         return False
-    return all(mallopt(param, value) == 1 for param, value in (
-        (M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD),
-        (M_TRIM_THRESHOLD, 1 << 30),
-        (M_TOP_PAD, 256 << 20),
-    ))
+    return all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD),
+            (M_TRIM_THRESHOLD, 1 << 30),
+            (M_TOP_PAD, 256 << 20),
+        )
+    )

@@ -236,7 +236,8 @@ def erf(x: ArrayLike) -> np.ndarray:
 
     Accepts any shape; float32 and float64 keep their dtype (float32 runs the same formulas in
     float32 arithmetic, within 1 float32 ulp of math.erf rounded, and about twice as fast as
-    float64: the NumPy trainer's GELU calls it on every activation), anything else is computed and returned as float64. A 0-d input gives a 0-d
+    float64: the NumPy trainer's GELU calls it on every activation), anything else is computed
+    and returned as float64. A 0-d input gives a 0-d
     array. erf(+-0) = +-0, erf(+-inf) = +-1, erf(nan) = nan.
     """
     x = np.asarray(x)

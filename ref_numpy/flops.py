@@ -26,13 +26,13 @@ def count_params(cfg: GPTConfig, non_embedding: bool = True) -> int:
     """
     C = cfg.n_embd
     with_bias = 1 if cfg.bias else 0
-    layer_norm = C + with_bias * C                      # weight [C] (+ bias [C])
-    attention = (3 * C * C + with_bias * 3 * C) + (C * C + with_bias * C)       # c_attn, c_proj
-    mlp = (4 * C * C + with_bias * 4 * C) + (4 * C * C + with_bias * C)         # c_fc, c_proj
-    block = 2 * layer_norm + attention + mlp            # ln_1, attn, ln_2, mlp
-    n_params = cfg.vocab_size * C + cfg.n_layer * block + layer_norm            # wte, h, ln_f
+    layer_norm = C + with_bias * C  # weight [C] (+ bias [C])
+    attention = (3 * C * C + with_bias * 3 * C) + (C * C + with_bias * C)  # c_attn, c_proj
+    mlp = (4 * C * C + with_bias * 4 * C) + (4 * C * C + with_bias * C)  # c_fc, c_proj
+    block = 2 * layer_norm + attention + mlp  # ln_1, attn, ln_2, mlp
+    n_params = cfg.vocab_size * C + cfg.n_layer * block + layer_norm  # wte, h, ln_f
     if not non_embedding:
-        n_params += cfg.block_size * C                  # wpe
+        n_params += cfg.block_size * C  # wpe
     return n_params
 
 

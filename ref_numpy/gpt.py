@@ -29,7 +29,7 @@ from ref_numpy.layers import (
     linear_forward,
 )
 
-__all__ = ["GPTConfig", "param_shapes", "init_params", "forward", "backward"]
+__all__ = ["GPTConfig", "backward", "forward", "init_params", "param_shapes"]
 
 INIT_STD = 0.02
 
@@ -171,7 +171,9 @@ def _linear_backward_into(dout: np.ndarray, cache: tuple, grads: dict, prefix: s
     return dx
 
 
-def _layernorm_backward_into(dout: np.ndarray, cache: tuple, grads: dict, prefix: str) -> np.ndarray:
+def _layernorm_backward_into(
+    dout: np.ndarray, cache: tuple, grads: dict, prefix: str
+) -> np.ndarray:
     dx, dweight, dbias = layernorm_backward(dout, cache)
     _store(grads, prefix, dweight, dbias)
     return dx
@@ -191,7 +193,7 @@ def forward(
     idx = np.asarray(idx)
     if idx.ndim != 2:
         raise ValueError(f"idx must have shape (B, T), got {idx.shape}")
-    B, T = idx.shape
+    T = idx.shape[1]
     if T > cfg.block_size:
         raise ValueError(f"cannot forward a sequence of length {T}: block_size is {cfg.block_size}")
     if idx.min() < 0 or idx.max() >= cfg.vocab_size:

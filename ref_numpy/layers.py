@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -64,9 +65,7 @@ def layernorm_backward(
     xhat, rstd, weight, has_bias = cache
     g = dout * weight  # [B, T, C]
     dx = rstd * (
-        g
-        - g.mean(axis=-1, keepdims=True)
-        - xhat * (g * xhat).mean(axis=-1, keepdims=True)
+        g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)
     )  # [B, T, C]
     dweight = (dout * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)  # [C]
     dbias = dout.reshape(-1, dout.shape[-1]).sum(axis=0) if has_bias else None  # [C]

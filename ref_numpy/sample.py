@@ -31,9 +31,9 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
 ) -> np.ndarray:
-    """Extend idx [B, T0] by max_new_tokens tokens, each conditioned on at most block_size before it."""
+    """Extend idx [B, T0] by max_new_tokens tokens, each seeing at most block_size before it."""
     for _ in range(max_new_tokens):
-        context = idx[:, -cfg.block_size:]  # [B, <=block_size]
+        context = idx[:, -cfg.block_size :]  # [B, <=block_size]
         logits, _, _ = forward(params, cfg, context)
         next_token = softmax_sample(logits[:, -1, :], rng, temperature, top_k)  # [B]
         idx = np.concatenate([idx, next_token[:, None]], axis=1)

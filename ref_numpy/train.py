@@ -79,8 +79,10 @@ def train_step(
 
 
 def estimate_loss(params: dict, cfg: GPTConfig, batches: dict[str, list]) -> dict[str, float]:
-    return {split: float(np.mean([forward(params, cfg, x, y)[1] for x, y in split_batches]))
-            for split, split_batches in batches.items()}
+    return {
+        split: float(np.mean([forward(params, cfg, x, y)[1] for x, y in split_batches]))
+        for split, split_batches in batches.items()
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -89,28 +91,47 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = load_training_data(config)
     cfg = config.model_config(data.vocab_size)
     params = init_params(cfg, seed=config.seed, dtype=DTYPES[config.dtype])
-    optimizer = AdamW(params, lr=config.learning_rate, betas=(config.beta1, config.beta2),
-                      eps=config.eps, weight_decay=config.weight_decay)
+    optimizer = AdamW(
+        params,
+        lr=config.learning_rate,
+        betas=(config.beta1, config.beta2),
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+    )
     sampler = train_sampler(data, config)
     fixed_eval_batches = eval_batches(data, config)
     baseline = unigram_loss(data)
     log = RunLog(config.out_dir, config)
     tokens_per_iter = config.gradient_accumulation_steps * config.batch_size * config.block_size
-    print(f"NumPy GPT, {sum(p.size for p in params.values()):,} parameters, {config.dtype}; "
-          f"{tokens_per_iter} tokens per iteration; unigram baseline {baseline:.4f}")
+    print(
+        f"NumPy GPT, {sum(p.size for p in params.values()):,} parameters, {config.dtype}; "
+        f"{tokens_per_iter} tokens per iteration; unigram baseline {baseline:.4f}"
+    )
 
     def evaluate(it: int) -> None:
         losses = estimate_loss(params, cfg, fixed_eval_batches)
-        log.write({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
-                   "unigram_loss": baseline})
+        log.write(
+            {
+                "iter": it,
+                "train_loss": losses["train"],
+                "val_loss": losses["val"],
+                "unigram_loss": baseline,
+            }
+        )
         tqdm.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
 
     progress = tqdm(range(config.max_iters), desc="numpy", unit="it")
     for it in progress:
         if it % config.eval_interval == 0:
             evaluate(it)
-        lr = get_lr(it, config.learning_rate, config.warmup_iters, config.lr_decay_iters,
-                    config.min_lr, config.decay_lr)
+        lr = get_lr(
+            it,
+            config.learning_rate,
+            config.warmup_iters,
+            config.lr_decay_iters,
+            config.min_lr,
+            config.decay_lr,
+        )
         start = time.perf_counter()
         micro = [sampler.next_batch() for _ in range(config.gradient_accumulation_steps)]
         loss, grad_norm = train_step(params, cfg, optimizer, micro, lr, config.grad_clip)
@@ -118,8 +139,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ValueError(f"the loss became {loss} at iteration {it}; lower --learning_rate")
         tokens_per_second = tokens_per_iter / (time.perf_counter() - start)
         if it % config.log_interval == 0:
-            log.write({"iter": it, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                       "tokens_per_second": tokens_per_second})
+            log.write(
+                {
+                    "iter": it,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_second": tokens_per_second,
+                }
+            )
         progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
     evaluate(config.max_iters)
 
@@ -131,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config.sample_tokens:
         rng = np.random.default_rng(config.seed)
         start_ids = np.zeros((1, 1), dtype=np.int64)  # token 0, the newline in Shakespeare
-        out = generate(params, cfg, start_ids, config.sample_tokens, rng, config.temperature, config.top_k)
+        out = generate(
+            params, cfg, start_ids, config.sample_tokens, rng, config.temperature, config.top_k
+        )
         print("---- sample ----")
         print(decode(out[0].tolist(), data.meta["chars"]))
 

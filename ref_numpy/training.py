@@ -71,16 +71,29 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.max_iters
-        positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps",
-                    "batch_size", "block_size")
+        positive = (
+            "eval_interval",
+            "log_interval",
+            "eval_iters",
+            "gradient_accumulation_steps",
+            "batch_size",
+            "block_size",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_iters", "warmup_iters", "sample_tokens", "lr_decay_iters"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("--learning_rate must be positive; --min_lr, --weight_decay, --grad_clip non-negative")
+        if (
+            self.learning_rate <= 0
+            or self.min_lr < 0
+            or self.weight_decay < 0
+            or self.grad_clip < 0
+        ):
+            raise ValueError(
+                "--learning_rate must be positive; --min_lr, --weight_decay, --grad_clip >= 0"
+            )
         if self.temperature <= 0:
             raise ValueError(f"--temperature must be positive, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
@@ -88,9 +101,16 @@ class TrainConfig:
         self.model_config(vocab_size=1)  # n_embd % n_head, gelu, dropout: fail before any work
 
     def model_config(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
-                         bias=self.bias, gelu=self.gelu)
+        return GPTConfig(
+            block_size=self.block_size,
+            vocab_size=vocab_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            dropout=self.dropout,
+            bias=self.bias,
+            gelu=self.gelu,
+        )
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir is not None else default_data_dir(self.text)
@@ -122,10 +142,13 @@ def parse_config(cls: type, argv: Sequence[str] | None, description: str) -> Any
     parser = argparse.ArgumentParser(description=description)
     hints = typing.get_type_hints(cls)
     for field in fields(cls):
-        parser.add_argument(f"--{field.name}", type=_parser_for(hints[field.name]),
-                            default=field.default, metavar=hints[field.name].__name__
-                            if isinstance(hints[field.name], type) else "VALUE",
-                            help=f"(default: {field.default})")
+        parser.add_argument(
+            f"--{field.name}",
+            type=_parser_for(hints[field.name]),
+            default=field.default,
+            metavar=hints[field.name].__name__ if isinstance(hints[field.name], type) else "VALUE",
+            help=f"(default: {field.default})",
+        )
     return cls(**vars(parser.parse_args(argv)))
 
 
@@ -163,8 +186,13 @@ def eval_batches(data: TrainingData, config: TrainConfig) -> dict[str, list]:
     """The same `eval_iters` batches of each split at every evaluation: a smooth val curve."""
     batches = {}
     for offset, split in enumerate(("train", "val")):
-        sampler = BatchSampler(getattr(data, split), config.block_size, config.batch_size,
-                               config.seed + EVAL_SEED_OFFSET + offset, split)
+        sampler = BatchSampler(
+            getattr(data, split),
+            config.block_size,
+            config.batch_size,
+            config.seed + EVAL_SEED_OFFSET + offset,
+            split,
+        )
         batches[split] = [sampler.next_batch() for _ in range(config.eval_iters)]
     return batches
 
@@ -200,10 +228,19 @@ class RunLog:
         steps = [r for r in self.records if "loss" in r]
         evals = [r for r in self.records if "val_loss" in r]
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6,
-                label="training batch")
-        ax.plot([r["iter"] for r in evals], [r["train_loss"] for r in evals], "o-", label="train (eval)")
-        ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "s-", label="val (eval)")
+        ax.plot(
+            [r["iter"] for r in steps],
+            [r["loss"] for r in steps],
+            lw=0.8,
+            alpha=0.6,
+            label="training batch",
+        )
+        ax.plot(
+            [r["iter"] for r in evals], [r["train_loss"] for r in evals], "o-", label="train (eval)"
+        )
+        ax.plot(
+            [r["iter"] for r in evals], [r["val_loss"] for r in evals], "s-", label="val (eval)"
+        )
         if evals and "unigram_loss" in evals[0]:
             ax.axhline(evals[0]["unigram_loss"], color="gray", ls="--", label="unigram baseline")
         ax.set_xlabel("iteration")

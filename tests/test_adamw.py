@@ -10,7 +10,13 @@ from ref_numpy.adamw import AdamW, clip_grad_norm, split_decay
 from ref_numpy.schedule import get_lr
 from tests.numerics import rel_error
 
-SHAPES = {"a.weight": (6, 5), "a.bias": (6,), "emb.weight": (9, 4), "ln.weight": (4,), "w3": (2, 3, 4)}
+SHAPES = {
+    "a.weight": (6, 5),
+    "a.bias": (6,),
+    "emb.weight": (9, 4),
+    "ln.weight": (4,),
+    "w3": (2, 3, 4),
+}
 
 
 def test_split_decay_by_ndim(rng):
@@ -25,10 +31,13 @@ def test_100_steps_match_torch_adamw(implementation, rng):
     params = {n: rng.standard_normal(s) for n, s in SHAPES.items()}
     torch_params = {n: torch.tensor(p, requires_grad=True) for n, p in params.items()}
     decay, no_decay = split_decay(params)
-    groups = [{"params": [torch_params[n] for n in decay], "weight_decay": 0.1},
-              {"params": [torch_params[n] for n in no_decay], "weight_decay": 0.0}]
-    torch_opt = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8,
-                                  **{implementation: True})
+    groups = [
+        {"params": [torch_params[n] for n in decay], "weight_decay": 0.1},
+        {"params": [torch_params[n] for n in no_decay], "weight_decay": 0.0},
+    ]
+    torch_opt = torch.optim.AdamW(
+        groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, **{implementation: True}
+    )
     opt = AdamW(params, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     for step in range(100):
         lr = get_lr(step, 1e-2, warmup_iters=10, lr_decay_iters=100, min_lr=1e-3)

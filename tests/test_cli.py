@@ -12,15 +12,40 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--max_iters", "4", "--eval_interval", "2", "--eval_iters", "1", "--log_interval", "1",
-        "--batch_size", "2", "--block_size", "8", "--n_layer", "1", "--n_head", "2",
-        "--n_embd", "8", "--sample_tokens", "20", "--warmup_iters", "1"]
-PROGRAMS = {"numpy": ["-m", "ref_numpy.train"], "torch": ["-m", "torch_impl.train", "--device", "cpu"]}
+TINY = [
+    "--max_iters",
+    "4",
+    "--eval_interval",
+    "2",
+    "--eval_iters",
+    "1",
+    "--log_interval",
+    "1",
+    "--batch_size",
+    "2",
+    "--block_size",
+    "8",
+    "--n_layer",
+    "1",
+    "--n_head",
+    "2",
+    "--n_embd",
+    "8",
+    "--sample_tokens",
+    "20",
+    "--warmup_iters",
+    "1",
+]
+PROGRAMS = {
+    "numpy": ["-m", "ref_numpy.train"],
+    "torch": ["-m", "torch_impl.train", "--device", "cpu"],
+}
 
 
 def run(args, **kwargs):
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs
+    )
 
 
 def log_records(out_dir):
@@ -30,7 +55,9 @@ def log_records(out_dir):
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_tiny_training_run(program, corpus_dir, tmp_path):
     out_dir = tmp_path / "out"
-    result = run([*PROGRAMS[program], *TINY, "--data_dir", str(corpus_dir), "--out_dir", str(out_dir)])
+    result = run(
+        [*PROGRAMS[program], *TINY, "--data_dir", str(corpus_dir), "--out_dir", str(out_dir)]
+    )
     assert result.returncode == 0, result.stderr
     records = log_records(out_dir)
     assert records[0]["config"]["max_iters"] == 4
@@ -47,8 +74,20 @@ def test_both_programs_log_the_same_losses_in_float64(corpus_dir, tmp_path):
     losses = {}
     for program, args in PROGRAMS.items():
         out_dir = tmp_path / program
-        result = run([*args, *TINY, "--dtype", "float64", "--sample_tokens", "0",
-                      "--data_dir", str(corpus_dir), "--out_dir", str(out_dir)])
+        result = run(
+            [
+                *args,
+                *TINY,
+                "--dtype",
+                "float64",
+                "--sample_tokens",
+                "0",
+                "--data_dir",
+                str(corpus_dir),
+                "--out_dir",
+                str(out_dir),
+            ]
+        )
         assert result.returncode == 0, result.stderr
         losses[program] = [r["loss"] for r in log_records(out_dir) if "loss" in r]
     assert losses["numpy"] == pytest.approx(losses["torch"], rel=1e-12)
@@ -78,8 +117,19 @@ def test_bad_input_gives_one_line_and_exit_2(program, case, tmp_path):
 def test_block_size_longer_than_the_data_is_refused(program, tmp_path):
     text = tmp_path / "short.txt"
     text.write_text("to be or not to be, that is the question\n" * 3)
-    result = run([*PROGRAMS[program], "--text", str(text), "--block_size", "64",
-                  "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out")])
+    result = run(
+        [
+            *PROGRAMS[program],
+            "--text",
+            str(text),
+            "--block_size",
+            "64",
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--out_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "block_size" in result.stderr.strip().splitlines()[-1]

@@ -85,9 +85,7 @@ def test_float32_within_one_float32_ulp(rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_special_values(dtype):
     largest = np.finfo(dtype).max
-    x = np.array(
-        [0.0, -0.0, np.inf, -np.inf, np.nan, 6.0, -6.0, largest, -largest], dtype
-    )
+    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 6.0, -6.0, largest, -largest], dtype)
     result = erf(x)
     assert result[0] == 0 and not np.signbit(result[0])
     assert result[1] == 0 and np.signbit(result[1])
@@ -108,9 +106,7 @@ def test_dtype_and_shape_preserved(rng, dtype):
     assert result.dtype == dtype and result.shape == (3, 4, 5)
     np.testing.assert_array_equal(result, erf(cube.ravel()).reshape(3, 4, 5))
     # A strided view gives the same values as its contiguous copy.
-    np.testing.assert_array_equal(
-        erf(cube.transpose(2, 0, 1)), result.transpose(2, 0, 1)
-    )
+    np.testing.assert_array_equal(erf(cube.transpose(2, 0, 1)), result.transpose(2, 0, 1))
 
     zero_d = erf(np.array(0.3, dtype))
     assert zero_d.dtype == dtype and zero_d.shape == ()

@@ -14,10 +14,16 @@ from torch_impl.model import GPT
 
 CONFIGS = {
     "small": (GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32), 32),
-    "no_bias": (GPTConfig(block_size=16, vocab_size=20, n_layer=2, n_head=4, n_embd=16, bias=False), 16),
+    "no_bias": (
+        GPTConfig(block_size=16, vocab_size=20, n_layer=2, n_head=4, n_embd=16, bias=False),
+        16,
+    ),
     "short_sequence": (GPTConfig(block_size=32, vocab_size=30, n_layer=2, n_head=2, n_embd=16), 9),
     "odd_sizes": (GPTConfig(block_size=11, vocab_size=7, n_layer=3, n_head=3, n_embd=12), 11),
-    "gelu_tanh": (GPTConfig(block_size=16, vocab_size=25, n_layer=1, n_head=2, n_embd=8, gelu="tanh"), 13),
+    "gelu_tanh": (
+        GPTConfig(block_size=16, vocab_size=25, n_layer=1, n_head=2, n_embd=8, gelu="tanh"),
+        13,
+    ),
 }
 
 
@@ -91,10 +97,16 @@ def test_gradient_matches_finite_differences_on_a_few_entries(rng):
         p += 0.1 * rng.standard_normal(p.shape)
     idx, targets = random_tokens(cfg, 6, rng, B=2)
     grads = backward(forward(params, cfg, idx, targets)[2])
-    for name in ("transformer.wte.weight", "transformer.h.0.attn.c_attn.weight",
-                 "transformer.h.1.mlp.c_fc.bias", "transformer.wpe.weight"):
+    for name in (
+        "transformer.wte.weight",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.1.mlp.c_fc.bias",
+        "transformer.wpe.weight",
+    ):
         window = params[name].reshape(-1)[:40]  # a view: perturbing it perturbs the parameter
-        numeric = central_difference_grad(lambda: float(forward(params, cfg, idx, targets)[1]), window)
+        numeric = central_difference_grad(
+            lambda: float(forward(params, cfg, idx, targets)[1]), window
+        )
         assert rel_error(grads[name].reshape(-1)[:40], numeric) < 1e-6, name
 
 
@@ -103,9 +115,9 @@ def test_float32_forward_stays_float32_and_close(rng):
     params64 = init_params(cfg, seed=1)
     params32 = {n: p.astype(np.float32) for n, p in params64.items()}
     idx, targets = random_tokens(cfg, T, rng)
-    logits32, loss32, cache = forward(params32, cfg, idx, targets)
+    logits32, _, cache = forward(params32, cfg, idx, targets)
     grads32 = backward(cache)
-    logits64, loss64, _ = forward(params64, cfg, idx, targets)
+    logits64, _, _ = forward(params64, cfg, idx, targets)
     assert logits32.dtype == np.float32 and all(g.dtype == np.float32 for g in grads32.values())
     assert rel_error(logits32, logits64) < 1e-5  # float32 rounding, ~1e-7 per operation
 
@@ -118,8 +130,11 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match="token ids"):
         forward(params, cfg, np.full((1, 4), cfg.vocab_size))
     with pytest.raises(ValueError, match="dropout"):
-        forward(params, GPTConfig(block_size=8, vocab_size=5, n_layer=1, n_head=1, n_embd=4, dropout=0.1),
-                np.zeros((1, 4), dtype=np.int64))
+        forward(
+            params,
+            GPTConfig(block_size=8, vocab_size=5, n_layer=1, n_head=1, n_embd=4, dropout=0.1),
+            np.zeros((1, 4), dtype=np.int64),
+        )
     _, loss, cache = forward(params, cfg, np.zeros((1, 4), dtype=np.int64))
     assert loss is None
     with pytest.raises(ValueError, match="targets"):

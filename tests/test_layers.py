@@ -35,8 +35,10 @@ def check_against_torch(forward, backward, inputs, torch_forward, rng):
     dout = rng.standard_normal(np.shape(out))
     grads = backward(dout, cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
-    tensors = [to_torch(x, requires_grad=True) if x.dtype == np.float64 else torch.tensor(x)
-               for x in inputs]
+    tensors = [
+        to_torch(x, requires_grad=True) if x.dtype == np.float64 else torch.tensor(x)
+        for x in inputs
+    ]
     torch_out = torch_forward(*tensors)
     assert rel_error(out, torch_out.detach().numpy()) < 1e-12
     torch_out.backward(to_torch(dout))
@@ -49,23 +51,34 @@ def embedding_case(rng):
     idx = rng.integers(0, V, size=(B, T))
     idx[0, :2] = 3  # a repeated token: its gradient rows must accumulate
     weight = rng.standard_normal((V, C))
-    return (lambda w, i: layers.embedding_forward(w, i)), layers.embedding_backward, (weight, idx), \
-        (lambda w, i: F.embedding(i, w))
+    return (
+        (lambda w, i: layers.embedding_forward(w, i)),
+        layers.embedding_backward,
+        (weight, idx),
+        (lambda w, i: F.embedding(i, w)),
+    )
 
 
 def layernorm_case(rng):
     x = rng.standard_normal((B, T, C)) * 3 + 1
     w, b = rng.standard_normal(C), rng.standard_normal(C)
-    return layers.layernorm_forward, layers.layernorm_backward, (x, w, b), \
-        (lambda x, w, b: F.layer_norm(x, (C,), w, b, eps=layers.LAYER_NORM_EPS))
+    return (
+        layers.layernorm_forward,
+        layers.layernorm_backward,
+        (x, w, b),
+        (lambda x, w, b: F.layer_norm(x, (C,), w, b, eps=layers.LAYER_NORM_EPS)),
+    )
 
 
 def layernorm_no_bias_case(rng):
     x = rng.standard_normal((B, T, C))
     w = rng.standard_normal(C)
-    return (lambda x, w: layers.layernorm_forward(x, w, None)), \
-        (lambda d, c: layers.layernorm_backward(d, c)[:2]), (x, w), \
-        (lambda x, w: F.layer_norm(x, (C,), w, None, eps=layers.LAYER_NORM_EPS))
+    return (
+        (lambda x, w: layers.layernorm_forward(x, w, None)),
+        (lambda d, c: layers.layernorm_backward(d, c)[:2]),
+        (x, w),
+        (lambda x, w: F.layer_norm(x, (C,), w, None, eps=layers.LAYER_NORM_EPS)),
+    )
 
 
 def linear_case(rng):
@@ -78,15 +91,24 @@ def gelu_case(form):
     def case(rng):
         x = rng.standard_normal((B, T, 4 * C)) * 2
         approximate = "none" if form == "erf" else "tanh"
-        return (lambda x: layers.gelu_forward(x, form)), layers.gelu_backward, (x,), \
-            (lambda x: F.gelu(x, approximate=approximate))
+        return (
+            (lambda x: layers.gelu_forward(x, form)),
+            layers.gelu_backward,
+            (x,),
+            (lambda x: F.gelu(x, approximate=approximate)),
+        )
+
     return case
 
 
 def attention_case(rng):
     q, k, v = (rng.standard_normal((B, H, T, C // H)) for _ in range(3))
-    return layers.attention_forward, layers.attention_backward, (q, k, v), \
-        (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    return (
+        layers.attention_forward,
+        layers.attention_backward,
+        (q, k, v),
+        (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+    )
 
 
 def cross_entropy_case(rng):
@@ -155,6 +177,10 @@ def test_cross_entropy_all_ignored_is_nan_like_torch():
 def test_layers_keep_the_dtype(dtype, rng):
     x = rng.standard_normal((B, T, C)).astype(dtype)
     w, b = np.ones(C, dtype), np.zeros(C, dtype)
-    for out in (layers.layernorm_forward(x, w, b)[0], layers.gelu_forward(x, "erf")[0],
-                layers.gelu_forward(x, "tanh")[0], layers.linear_forward(x, np.eye(C, dtype=dtype), b)[0]):
+    for out in (
+        layers.layernorm_forward(x, w, b)[0],
+        layers.gelu_forward(x, "erf")[0],
+        layers.gelu_forward(x, "tanh")[0],
+        layers.linear_forward(x, np.eye(C, dtype=dtype), b)[0],
+    ):
         assert out.dtype == dtype

@@ -40,12 +40,18 @@ def expected_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
     for i in range(cfg.n_layer):
         h = f"transformer.h.{i}"
         layer = {
-            f"{h}.ln_1.weight": (C,), f"{h}.ln_1.bias": (C,),
-            f"{h}.attn.c_attn.weight": (3 * C, C), f"{h}.attn.c_attn.bias": (3 * C,),
-            f"{h}.attn.c_proj.weight": (C, C), f"{h}.attn.c_proj.bias": (C,),
-            f"{h}.ln_2.weight": (C,), f"{h}.ln_2.bias": (C,),
-            f"{h}.mlp.c_fc.weight": (4 * C, C), f"{h}.mlp.c_fc.bias": (4 * C,),
-            f"{h}.mlp.c_proj.weight": (C, 4 * C), f"{h}.mlp.c_proj.bias": (C,),
+            f"{h}.ln_1.weight": (C,),
+            f"{h}.ln_1.bias": (C,),
+            f"{h}.attn.c_attn.weight": (3 * C, C),
+            f"{h}.attn.c_attn.bias": (3 * C,),
+            f"{h}.attn.c_proj.weight": (C, C),
+            f"{h}.attn.c_proj.bias": (C,),
+            f"{h}.ln_2.weight": (C,),
+            f"{h}.ln_2.bias": (C,),
+            f"{h}.mlp.c_fc.weight": (4 * C, C),
+            f"{h}.mlp.c_fc.bias": (4 * C,),
+            f"{h}.mlp.c_proj.weight": (C, 4 * C),
+            f"{h}.mlp.c_proj.bias": (C,),
         }
         shapes.update(layer)
     shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
@@ -55,6 +61,7 @@ def expected_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
 
 
 # --- names, shapes, tying -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_parameter_names_and_shapes_are_nanogpts(bias):
@@ -76,6 +83,7 @@ def test_lm_head_is_tied_to_wte_and_listed_once():
 
 
 # --- initialisation -------------------------------------------------------------------------------
+
 
 def test_init_statistics():
     cfg = GPTConfig(block_size=64, vocab_size=64, n_layer=6, n_head=6, n_embd=384)
@@ -100,6 +108,7 @@ def test_init_statistics():
 
 
 # --- forward: attention backends, lengths, variants -----------------------------------------------
+
 
 def loss_and_grads(model: GPT, idx: torch.Tensor, targets: torch.Tensor):
     model.zero_grad(set_to_none=True)
@@ -210,6 +219,7 @@ def test_crop_block_size_keeps_the_logits_of_short_sequences():
 
 # --- optimizer ------------------------------------------------------------------------------------
 
+
 def test_configure_optimizers_decays_exactly_the_matrices():
     model = make_model()
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
@@ -252,6 +262,7 @@ def test_fused_and_foreach_adamw_take_the_same_step_in_float64():
 
 # --- interop: NumPy dicts and nanoGPT checkpoints -------------------------------------------------
 
+
 def test_numpy_params_round_trip():
     source, target = make_model(seed=0), make_model(seed=1)
     arrays = source.numpy_params()
@@ -283,8 +294,11 @@ def test_load_numpy_params_names_every_mismatch():
     arrays["transformer.wpe.weight"] = np.zeros((SMALL.block_size + 1, SMALL.n_embd))
     with pytest.raises(ValueError) as error:
         model.load_numpy_params(arrays)
-    for name in ("transformer.h.1.ln_2.bias", "transformer.h.9.attn.c_attn.weight",
-                 "transformer.wpe.weight"):
+    for name in (
+        "transformer.h.1.ln_2.bias",
+        "transformer.h.9.attn.c_attn.weight",
+        "transformer.wpe.weight",
+    ):
         assert name in str(error.value)
 
 
@@ -320,13 +334,15 @@ def test_state_dict_with_untied_lm_head_is_refused():
 
 # --- sampling -------------------------------------------------------------------------------------
 
+
 def test_generate_shape_range_and_determinism():
     model = make_model().eval()
     prompt = random_tokens(SMALL, 3, 5)
     n_new = 2 * SMALL.block_size  # runs past block_size, so the context must be cropped
     outputs = [
-        model.generate(prompt, n_new, temperature=0.8, top_k=10,
-                       generator=torch.Generator().manual_seed(42))
+        model.generate(
+            prompt, n_new, temperature=0.8, top_k=10, generator=torch.Generator().manual_seed(42)
+        )
         for _ in range(2)
     ]
     assert outputs[0].shape == (3, 5 + n_new) and outputs[0].dtype == torch.long
@@ -342,7 +358,7 @@ def test_generate_with_top_k_one_is_greedy_decoding():
     greedy = idx
     with torch.no_grad():
         for _ in range(20):
-            logits, _ = model(greedy[:, -SMALL.block_size:])
+            logits, _ = model(greedy[:, -SMALL.block_size :])
             greedy = torch.cat((greedy, logits[:, -1, :].argmax(-1, keepdim=True)), dim=1)
     assert torch.equal(sampled, greedy)
 
@@ -353,6 +369,7 @@ def test_generate_rejects_a_non_positive_temperature():
 
 
 # --- parameter counts and FLOPs -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("non_embedding", [True, False])

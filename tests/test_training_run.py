@@ -81,8 +81,10 @@ def test_float64_runs_agree_step_by_step(train_data, reference_run, accumulation
         numpy_losses, numpy_params = numpy_run(train_data, np.float64, accumulation)
     torch_losses, torch_params = torch_run(train_data, torch.float64, accumulation)
     step_errors = np.abs(torch_losses - numpy_losses) / np.abs(numpy_losses)
-    print(f"accumulation {accumulation}: max per-step loss rel error {step_errors.max():.3e}, "
-          f"final params rel error {rel_error(flat(torch_params), flat(numpy_params)):.3e}")
+    print(
+        f"accumulation {accumulation}: max per-step loss rel error {step_errors.max():.3e}, "
+        f"final params rel error {rel_error(flat(torch_params), flat(numpy_params)):.3e}"
+    )
     assert np.all(step_errors < 1e-9)
     assert rel_error(flat(torch_params), flat(numpy_params)) < 1e-8
     assert numpy_losses[-1] < numpy_losses[0] - 0.5  # and it does learn
@@ -101,13 +103,22 @@ def test_float32_torch_is_as_close_as_plain_float32(train_data, reference_run):
     errors = {"plain": [], "torch": []}  # per seed: (loss-curve error, final-parameter error)
     for seed in (0, 1, 2):
         reference_losses, reference_params = (
-            reference_run if seed == SEED else numpy_run(train_data, np.float64, 1, seed))
-        for name, (losses, params) in (("plain", numpy_run(train_data, np.float32, 1, seed)),
-                                       ("torch", torch_run(train_data, torch.float32, 1, seed))):
-            errors[name].append((rel_error(losses, reference_losses),
-                                 rel_error(flat(params), flat(reference_params))))
+            reference_run if seed == SEED else numpy_run(train_data, np.float64, 1, seed)
+        )
+        for name, (losses, params) in (
+            ("plain", numpy_run(train_data, np.float32, 1, seed)),
+            ("torch", torch_run(train_data, torch.float32, 1, seed)),
+        ):
+            errors[name].append(
+                (
+                    rel_error(losses, reference_losses),
+                    rel_error(flat(params), flat(reference_params)),
+                )
+            )
     plain, torch32 = np.mean(errors["plain"], axis=0), np.mean(errors["torch"], axis=0)
-    print(f"mean over 3 seeds, loss curve: plain float32 {plain[0]:.3e}, torch float32 "
-          f"{torch32[0]:.3e}; final params: plain {plain[1]:.3e}, torch {torch32[1]:.3e}")
+    print(
+        f"mean over 3 seeds, loss curve: plain float32 {plain[0]:.3e}, torch float32 "
+        f"{torch32[0]:.3e}; final params: plain {plain[1]:.3e}, torch {torch32[1]:.3e}"
+    )
     assert torch32[0] <= 2 * plain[0] + FLOAT32_EPS
     assert torch32[1] <= 2 * plain[1] + FLOAT32_EPS

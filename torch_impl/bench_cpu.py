@@ -36,7 +36,9 @@ VOCAB_SIZE = 84  # the Shakespeare characters
 REPO = Path(__file__).resolve().parents[1]
 
 
-def median_seconds(step: Callable[[], object], steps: int, warmup: int) -> tuple[float, list[float]]:
+def median_seconds(
+    step: Callable[[], object], steps: int, warmup: int
+) -> tuple[float, list[float]]:
     for _ in range(warmup):
         step()
     times = []
@@ -56,10 +58,14 @@ def numpy_profile(step: Callable[[], object], steps: int, top: int = 12) -> list
     profiler.disable()
     stats = pstats.Stats(profiler).stats
     total = sum(entry[2] for entry in stats.values())
-    rows = sorted(((entry[2], f"{Path(file).name}:{name}") for (file, _, name), entry in stats.items()),
-                  reverse=True)[:top]
-    return [{"function": where, "seconds_per_step": own / steps, "share": own / total}
-            for own, where in rows]
+    rows = sorted(
+        ((entry[2], f"{Path(file).name}:{name}") for (file, _, name), entry in stats.items()),
+        reverse=True,
+    )[:top]
+    return [
+        {"function": where, "seconds_per_step": own / steps, "share": own / total}
+        for own, where in rows
+    ]
 
 
 def main() -> None:
@@ -78,17 +84,25 @@ def main() -> None:
     betas = (config.beta1, config.beta2)
 
     params = init_params(cfg, seed=0, dtype=np.float32)
-    optimizer = AdamW(params, lr=config.learning_rate, betas=betas, weight_decay=config.weight_decay)
+    optimizer = AdamW(
+        params, lr=config.learning_rate, betas=betas, weight_decay=config.weight_decay
+    )
 
     def numpy_step():
-        return numpy_train_step(params, cfg, optimizer, [(x, y)], config.learning_rate, config.grad_clip)
+        return numpy_train_step(
+            params, cfg, optimizer, [(x, y)], config.learning_rate, config.grad_clip
+        )
 
     model = GPT(cfg, attention="sdpa")
     model.load_numpy_params(init_params(cfg, seed=0))
-    torch_optimizer = model.configure_optimizers(config.weight_decay, config.learning_rate, betas, "cpu")
+    torch_optimizer = model.configure_optimizers(
+        config.weight_decay, config.learning_rate, betas, "cpu"
+    )
 
     def torch_step():
-        return torch_train_step(model, torch_optimizer, [(x, y)], config.learning_rate, config.grad_clip)
+        return torch_train_step(
+            model, torch_optimizer, [(x, y)], config.learning_rate, config.grad_clip
+        )
 
     numpy_median, numpy_times = median_seconds(numpy_step, args.steps, args.warmup)
     torch_median, torch_times = median_seconds(torch_step, args.steps, args.warmup)
@@ -99,10 +113,15 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": platform.processor() or platform.machine(),
         "cpu_count": torch.get_num_threads(),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     "torch": torch.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+        },
         "config": {**cfg.to_dict(), "batch_size": config.batch_size},
-        "torch_optimizer": "fused AdamW" if torch_optimizer.defaults.get("fused") else "foreach AdamW",
+        "torch_optimizer": "fused AdamW"
+        if torch_optimizer.defaults.get("fused")
+        else "foreach AdamW",
         "steps": args.steps,
         "allocator_keeps_freed_memory": allocator_tuned,
         "numpy_step_seconds": numpy_median,
@@ -117,9 +136,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"config: {cfg}, batch {config.batch_size}; {tokens} tokens per step, median of {args.steps}")
-    print(f"NumPy float32       {numpy_median * 1e3:8.1f} ms/step  {tokens / numpy_median:10,.0f} tokens/s")
-    print(f"torch eager float32 {torch_median * 1e3:8.1f} ms/step  {tokens / torch_median:10,.0f} tokens/s")
+    print(f"config: {cfg}, batch {config.batch_size}; {tokens} tokens/step, median of {args.steps}")
+    for name, median in (("NumPy float32", numpy_median), ("torch eager float32", torch_median)):
+        print(f"{name:20s}{median * 1e3:8.1f} ms/step  {tokens / median:10,.0f} tokens/s")
     print(f"NumPy / torch: {numpy_median / torch_median:.2f}x")
     print("where the NumPy step spends its time (own time per function):")
     for row in profile:

@@ -71,15 +71,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)             # 3 x (B, T, C)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         # split channels into heads, heads become a batch dimension: (B, T, C) -> (B, nh, T, hs)
         q, k, v = (z.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for z in (q, k, v))
         if self.attention == "sdpa":
             dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
-            y = self._manual_attention(q, k, v)                         # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)               # heads side by side again
+            y = self._manual_attention(q, k, v)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
     def _manual_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -87,10 +87,10 @@ class CausalSelfAttention(nn.Module):
         # q.k sums head_size products of roughly unit-variance terms, so its variance grows like
         # head_size; 1/sqrt(head_size) brings the scores back to unit variance, where the softmax
         # is not yet saturated (a one-hot softmax passes almost no gradient).
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(head_size))   # (B, nh, T, T)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(head_size))  # (B, nh, T, T)
         scores = scores.masked_fill(~self.causal_mask[:T, :T], float("-inf"))
         weights = self.attn_dropout(F.softmax(scores, dim=-1))
-        return weights @ v                                              # (B, nh, T, hs)
+        return weights @ v  # (B, nh, T, hs)
 
 
 class MLP(nn.Module):
@@ -142,13 +142,15 @@ class GPT(nn.Module):
         super().__init__()
         _checked_attention(attention)
         self.config = config
-        self.transformer = nn.ModuleDict({
-            "wte": nn.Embedding(config.vocab_size, config.n_embd),
-            "wpe": nn.Embedding(config.block_size, config.n_embd),
-            "drop": nn.Dropout(config.dropout),
-            "h": nn.ModuleList([Block(config, attention) for _ in range(config.n_layer)]),
-            "ln_f": LayerNorm(config.n_embd, bias=config.bias),
-        })
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(config.vocab_size, config.n_embd),
+                "wpe": nn.Embedding(config.block_size, config.n_embd),
+                "drop": nn.Dropout(config.dropout),
+                "h": nn.ModuleList([Block(config, attention) for _ in range(config.n_layer)]),
+                "ln_f": LayerNorm(config.n_embd, bias=config.bias),
+            }
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying (Press & Wolf 2017): reading a token in and scoring it out use one matrix.
         # It saves V*C parameters; named_parameters() lists it once, as transformer.wte.weight.
@@ -207,15 +209,15 @@ class GPT(nn.Module):
                 f"sequence length {T} exceeds block_size {self.config.block_size}; "
                 "crop the input to the last block_size tokens"
             )
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)     # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)     # (B, T, C)
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)
         x = self.transformer.ln_f(x)
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None                   # (B, 1, V)
-        logits = self.lm_head(x)                                        # (B, T, V)
+            return self.lm_head(x[:, [-1], :]), None  # (B, 1, V)
+        logits = self.lm_head(x)  # (B, T, V)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
@@ -287,9 +289,9 @@ class GPT(nn.Module):
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be None or >= 1, got {top_k}")
         for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size:]                 # at most block_size tokens
+            context = idx[:, -self.config.block_size :]  # at most block_size tokens
             logits, _ = self(context)
-            logits = logits[:, -1, :] / temperature                    # (B, V)
+            logits = logits[:, -1, :] / temperature  # (B, V)
             if top_k is not None:
                 kth_largest = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                 logits = logits.masked_fill(logits < kth_largest, float("-inf"))

@@ -34,8 +34,12 @@ from ref_numpy.training import (
 )
 from torch_impl.model import GPT
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32,
-          "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 @dataclass
@@ -156,9 +160,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     model.load_numpy_params(init_params(cfg, seed=config.seed))
     autocast = torch.autocast(device.type, dtype=dtype) if low_precision else None
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    optimizer = model.configure_optimizers(config.weight_decay, config.learning_rate,
-                                           (config.beta1, config.beta2), device.type,
-                                           fused=config.fused_adamw)
+    optimizer = model.configure_optimizers(
+        config.weight_decay,
+        config.learning_rate,
+        (config.beta1, config.beta2),
+        device.type,
+        fused=config.fused_adamw,
+    )
     use_compile = device.type == "cuda" if config.compile is None else config.compile
     step_model = torch.compile(model) if use_compile else model
 
@@ -167,37 +175,65 @@ def main(argv: Sequence[str] | None = None) -> None:
     baseline = unigram_loss(data)
     log = RunLog(config.out_dir, config)
     tokens_per_iter = config.gradient_accumulation_steps * config.batch_size * config.block_size
-    print(f"torch GPT, {model.get_num_params(non_embedding=False):,} parameters, on {device} "
-          f"({str(dtype).removeprefix('torch.')}, attention {config.attention}, "
-          f"compile {use_compile}); {tokens_per_iter} tokens per iteration; "
-          f"unigram baseline {baseline:.4f}")
+    print(
+        f"torch GPT, {model.get_num_params(non_embedding=False):,} parameters, on {device} "
+        f"({str(dtype).removeprefix('torch.')}, attention {config.attention}, "
+        f"compile {use_compile}); {tokens_per_iter} tokens per iteration; "
+        f"unigram baseline {baseline:.4f}"
+    )
 
     def evaluate(it: int) -> None:
         losses = estimate_loss(step_model, fixed_eval_batches, autocast)
-        log.write({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
-                   "unigram_loss": baseline})
+        log.write(
+            {
+                "iter": it,
+                "train_loss": losses["train"],
+                "val_loss": losses["val"],
+                "unigram_loss": baseline,
+            }
+        )
         tqdm.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
 
     progress = tqdm(range(config.max_iters), desc=f"torch {device.type}", unit="it")
     for it in progress:
         if it % config.eval_interval == 0:
             evaluate(it)
-        lr = get_lr(it, config.learning_rate, config.warmup_iters, config.lr_decay_iters,
-                    config.min_lr, config.decay_lr)
+        lr = get_lr(
+            it,
+            config.learning_rate,
+            config.warmup_iters,
+            config.lr_decay_iters,
+            config.min_lr,
+            config.decay_lr,
+        )
         start = time.perf_counter()
         micro = [sampler.next_batch() for _ in range(config.gradient_accumulation_steps)]
-        loss, grad_norm = train_step(step_model, optimizer, micro, lr, config.grad_clip, autocast, scaler)
+        loss, grad_norm = train_step(
+            step_model, optimizer, micro, lr, config.grad_clip, autocast, scaler
+        )
         if not np.isfinite(loss):
             raise ValueError(f"the loss became {loss} at iteration {it}; lower --learning_rate")
         tokens_per_second = tokens_per_iter / (time.perf_counter() - start)
         if it % config.log_interval == 0:
-            log.write({"iter": it, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                       "tokens_per_second": tokens_per_second})
+            log.write(
+                {
+                    "iter": it,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_second": tokens_per_second,
+                }
+            )
         progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
     evaluate(config.max_iters)
 
-    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                  "model_args": cfg.to_dict(), "iter_num": config.max_iters, "config": asdict(config)}
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "model_args": cfg.to_dict(),
+        "iter_num": config.max_iters,
+        "config": asdict(config),
+    }
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     atomic_write_bytes(log.out_dir / "ckpt.pt", buffer.getvalue())
@@ -208,8 +244,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         start_ids = torch.zeros((1, 1), dtype=torch.long, device=device)  # token 0
         model.eval()
         with autocast or contextlib.nullcontext():
-            out = model.generate(start_ids, config.sample_tokens, config.temperature,
-                                 config.top_k, generator=generator)
+            out = model.generate(
+                start_ids,
+                config.sample_tokens,
+                config.temperature,
+                config.top_k,
+                generator=generator,
+            )
         print("---- sample ----")
         print(decode(out[0].tolist(), data.meta["chars"]))
 
