@@ -7,29 +7,24 @@ hand-written NumPy model. Writes out_dir/log.jsonl, out_dir/loss.png and out_dir
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from ref_numpy.adamw import AdamW, clip_grad_norm
 from ref_numpy.allocator import keep_freed_memory
 from ref_numpy.data import decode
 from ref_numpy.gpt import GPTConfig, backward, forward, init_params
 from ref_numpy.sample import generate
-from ref_numpy.schedule import get_lr
 from ref_numpy.training import (
     RunLog,
     TrainConfig,
     atomic_write_bytes,
-    eval_batches,
     load_training_data,
     parse_config,
     run_main,
-    train_sampler,
-    unigram_loss,
+    train_loop,
 )
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -98,58 +93,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         eps=config.eps,
         weight_decay=config.weight_decay,
     )
-    sampler = train_sampler(data, config)
-    fixed_eval_batches = eval_batches(data, config)
-    baseline = unigram_loss(data)
     log = RunLog(config.out_dir, config)
-    tokens_per_iter = config.gradient_accumulation_steps * config.batch_size * config.block_size
-    print(
-        f"NumPy GPT, {sum(p.size for p in params.values()):,} parameters, {config.dtype}; "
-        f"{tokens_per_iter} tokens per iteration; unigram baseline {baseline:.4f}"
+    n_params = sum(p.size for p in params.values())
+    print(f"NumPy GPT, {n_params:,} parameters, {config.dtype}")
+    train_loop(
+        config,
+        data,
+        log,
+        step=lambda micro, lr: train_step(params, cfg, optimizer, micro, lr, config.grad_clip),
+        estimate_loss=lambda batches: estimate_loss(params, cfg, batches),
+        desc="numpy",
     )
-
-    def evaluate(it: int) -> None:
-        losses = estimate_loss(params, cfg, fixed_eval_batches)
-        log.write(
-            {
-                "iter": it,
-                "train_loss": losses["train"],
-                "val_loss": losses["val"],
-                "unigram_loss": baseline,
-            }
-        )
-        tqdm.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-
-    progress = tqdm(range(config.max_iters), desc="numpy", unit="it")
-    for it in progress:
-        if it % config.eval_interval == 0:
-            evaluate(it)
-        lr = get_lr(
-            it,
-            config.learning_rate,
-            config.warmup_iters,
-            config.lr_decay_iters,
-            config.min_lr,
-            config.decay_lr,
-        )
-        start = time.perf_counter()
-        micro = [sampler.next_batch() for _ in range(config.gradient_accumulation_steps)]
-        loss, grad_norm = train_step(params, cfg, optimizer, micro, lr, config.grad_clip)
-        if not np.isfinite(loss):
-            raise ValueError(f"the loss became {loss} at iteration {it}; lower --learning_rate")
-        tokens_per_second = tokens_per_iter / (time.perf_counter() - start)
-        if it % config.log_interval == 0:
-            log.write(
-                {
-                    "iter": it,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_second": tokens_per_second,
-                }
-            )
-        progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
-    evaluate(config.max_iters)
 
     buffer = io.BytesIO()
     np.savez(buffer, **params)

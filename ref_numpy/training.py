@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
+import time
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -20,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ref_numpy.config import GPTConfig
 from ref_numpy.data import BatchSampler, DataError, default_data_dir, ensure_prepared, load_split
+from ref_numpy.schedule import get_lr
 
 EVAL_SEED_OFFSET = 10_000  # evaluation batches use their own stream, apart from training's
 
@@ -270,3 +274,74 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(payload)
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the loop
+StepFunction = Callable[[list, float], tuple[float, float]]  # (micro-batches, lr) -> (loss, norm)
+EstimateFunction = Callable[[dict], dict[str, float]]  # eval batches -> {"train": .., "val": ..}
+
+
+def train_loop(
+    config: TrainConfig,
+    data: TrainingData,
+    log: RunLog,
+    step: StepFunction,
+    estimate_loss: EstimateFunction,
+    desc: str,
+) -> None:
+    """The training loop both trainers run: schedule, batches, evaluation and logging.
+
+    `step` takes the iteration's micro-batches and learning rate and returns the mean loss and
+    the gradient norm before clipping; `estimate_loss` returns the mean loss of each split over
+    the fixed evaluation batches. Evaluation runs every `eval_interval` iterations and at the end.
+    """
+    sampler = train_sampler(data, config)
+    fixed_eval_batches = eval_batches(data, config)
+    baseline = unigram_loss(data)
+    tokens_per_iter = config.gradient_accumulation_steps * config.batch_size * config.block_size
+
+    def evaluate(it: int) -> None:
+        losses = estimate_loss(fixed_eval_batches)
+        log.write(
+            {
+                "iter": it,
+                "train_loss": losses["train"],
+                "val_loss": losses["val"],
+                "unigram_loss": baseline,
+            }
+        )
+        tqdm.write(
+            f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+            f"(unigram baseline {baseline:.4f})"
+        )
+
+    progress = tqdm(range(config.max_iters), desc=desc, unit="it")
+    for it in progress:
+        if it % config.eval_interval == 0:
+            evaluate(it)
+        lr = get_lr(
+            it,
+            config.learning_rate,
+            config.warmup_iters,
+            config.lr_decay_iters,
+            config.min_lr,
+            config.decay_lr,
+        )
+        start = time.perf_counter()
+        micro = [sampler.next_batch() for _ in range(config.gradient_accumulation_steps)]
+        loss, grad_norm = step(micro, lr)
+        if not math.isfinite(loss):
+            raise ValueError(f"the loss became {loss} at iteration {it}; lower --learning_rate")
+        tokens_per_second = tokens_per_iter / (time.perf_counter() - start)
+        if it % config.log_interval == 0:
+            log.write(
+                {
+                    "iter": it,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_second": tokens_per_second,
+                }
+            )
+        progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
+    evaluate(config.max_iters)

@@ -10,27 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ref_numpy.data import decode
 from ref_numpy.gpt import init_params
-from ref_numpy.schedule import get_lr
 from ref_numpy.training import (
     RunLog,
     TrainConfig,
     atomic_write_bytes,
-    eval_batches,
     load_training_data,
     parse_config,
     run_main,
-    train_sampler,
-    unigram_loss,
+    train_loop,
 )
 from torch_impl.model import GPT
 
@@ -170,62 +165,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     use_compile = device.type == "cuda" if config.compile is None else config.compile
     step_model = torch.compile(model) if use_compile else model
 
-    sampler = train_sampler(data, config)
-    fixed_eval_batches = eval_batches(data, config)
-    baseline = unigram_loss(data)
     log = RunLog(config.out_dir, config)
-    tokens_per_iter = config.gradient_accumulation_steps * config.batch_size * config.block_size
     print(
         f"torch GPT, {model.get_num_params(non_embedding=False):,} parameters, on {device} "
         f"({str(dtype).removeprefix('torch.')}, attention {config.attention}, "
-        f"compile {use_compile}); {tokens_per_iter} tokens per iteration; "
-        f"unigram baseline {baseline:.4f}"
+        f"compile {use_compile})"
     )
-
-    def evaluate(it: int) -> None:
-        losses = estimate_loss(step_model, fixed_eval_batches, autocast)
-        log.write(
-            {
-                "iter": it,
-                "train_loss": losses["train"],
-                "val_loss": losses["val"],
-                "unigram_loss": baseline,
-            }
-        )
-        tqdm.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-
-    progress = tqdm(range(config.max_iters), desc=f"torch {device.type}", unit="it")
-    for it in progress:
-        if it % config.eval_interval == 0:
-            evaluate(it)
-        lr = get_lr(
-            it,
-            config.learning_rate,
-            config.warmup_iters,
-            config.lr_decay_iters,
-            config.min_lr,
-            config.decay_lr,
-        )
-        start = time.perf_counter()
-        micro = [sampler.next_batch() for _ in range(config.gradient_accumulation_steps)]
-        loss, grad_norm = train_step(
+    train_loop(
+        config,
+        data,
+        log,
+        step=lambda micro, lr: train_step(
             step_model, optimizer, micro, lr, config.grad_clip, autocast, scaler
-        )
-        if not np.isfinite(loss):
-            raise ValueError(f"the loss became {loss} at iteration {it}; lower --learning_rate")
-        tokens_per_second = tokens_per_iter / (time.perf_counter() - start)
-        if it % config.log_interval == 0:
-            log.write(
-                {
-                    "iter": it,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_second": tokens_per_second,
-                }
-            )
-        progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
-    evaluate(config.max_iters)
+        ),
+        estimate_loss=lambda batches: estimate_loss(step_model, batches, autocast),
+        desc=f"torch {device.type}",
+    )
 
     checkpoint = {
         "model": model.state_dict(),
