@@ -5,6 +5,7 @@ exits 2 with one `error:` line and no traceback.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,16 @@ def test_torch_refuses_a_missing_device(tmp_path):
         pytest.skip("this machine has CUDA")
     result = run(["-m", "torch_impl.train", "--device", "cuda", "--out_dir", str(tmp_path)])
     assert result.returncode == 2 and "CUDA is not available" in result.stderr
+
+
+def test_readme_train_command_runs(corpus_dir, tmp_path):
+    """`make train`, the README's main job, with tiny flags passed through ARGS."""
+    if shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists():
+        pytest.skip("needs make and the project's .venv (made by `make test`)")
+    flags = " ".join([*TINY, "--data_dir", str(corpus_dir), "--out_dir", str(tmp_path / "out")])
+    result = subprocess.run(
+        ["make", "train", f"ARGS={flags}"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "---- sample ----" in result.stdout
+    assert (tmp_path / "out" / "ckpt.pt").exists()
