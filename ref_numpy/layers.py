@@ -157,19 +157,22 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.n
     probs = np.exp(scores, out=scores)
     probs /= probs.sum(axis=-1, keepdims=True)  # [B, H, T, T]
     out = probs @ v  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
-    return out, (q, k, v, probs, scale)
+    return out, (q, k, v, probs, out, scale)
 
 
 # With S = scale * Q K^T, P = softmax(S) row-wise, O = P V:
 #   dV = P^T dO,  dP = dO V^T,
 #   dS = P * (dP - rowsum(dP * P))      (the softmax Jacobian diag(p) - p p^T applied per row),
+# where rowsum(dP * P)_i = sum_j (dO_i . V_j) P_ij = dO_i . O_i: the row sum is
+# delta = rowsum(dO * O), a sum over D head dims instead of T keys (FlashAttention-2's D_i),
 #   dQ = scale * dS K,  dK = scale * dS^T Q.
 # Masked entries have P = 0, so they receive no gradient without any extra masking.
 def attention_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    q, k, v, probs, scale = cache
+    q, k, v, probs, out, scale = cache
     dv = np.swapaxes(probs, -1, -2) @ dout  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
     dprobs = dout @ np.swapaxes(v, -1, -2)  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
-    dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))  # [B, H, T, T]
+    delta = (dout * out).sum(axis=-1, keepdims=True)  # [B, H, T, 1]
+    dscores = probs * (dprobs - delta)  # [B, H, T, T]
     dq = (dscores @ k) * scale  # [B, H, T, D]
     dk = (np.swapaxes(dscores, -1, -2) @ q) * scale  # [B, H, T, D]
     return dq, dk, dv
