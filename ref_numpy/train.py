@@ -90,7 +90,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         params,
         lr=config.learning_rate,
         betas=(config.beta1, config.beta2),
-        eps=config.eps,
         weight_decay=config.weight_decay,
     )
     log = RunLog(config.out_dir, config)

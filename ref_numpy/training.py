@@ -59,7 +59,6 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
-    eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
     # learning-rate schedule
     decay_lr: bool = True
