@@ -62,7 +62,9 @@ def param_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def init_params(cfg: GPTConfig, seed: int = 0, dtype=np.float64) -> dict[str, np.ndarray]:
+def init_params(
+    cfg: GPTConfig, seed: int = 0, dtype=np.float64, scaled_residual_init: bool = True
+) -> dict[str, np.ndarray]:
     """nanoGPT's initialisation, drawn from one seeded generator in parameter order.
 
     Weights of Linear and Embedding layers ~ N(0, 0.02^2); biases 0; LayerNorm weights 1.
@@ -70,9 +72,10 @@ def init_params(cfg: GPTConfig, seed: int = 0, dtype=np.float64) -> dict[str, np
     `mlp.c_proj`) get std 0.02 / sqrt(2 * n_layer): the stream is a sum of 2 * n_layer such
     contributions, and scaling each by 1/sqrt(2 * n_layer) keeps the variance of the sum
     independent of depth (GPT-2 paper, section 2.3; measured in residual_variance).
+    `scaled_residual_init=False` gives them plain 0.02, the comparison the experiments draw.
     """
     rng = np.random.default_rng(seed)
-    residual_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
+    residual_std = INIT_STD / math.sqrt(2 * cfg.n_layer) if scaled_residual_init else INIT_STD
     params = {}
     for name, shape in param_shapes(cfg).items():
         if name.endswith(".bias"):

@@ -147,10 +147,16 @@ def causal_mask(T: int, dtype: np.dtype) -> np.ndarray:
     return mask
 
 
-def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """Causal scaled dot-product attention, materialising the T x T matrix of probabilities."""
+def attention_forward(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float | None = None
+) -> tuple[np.ndarray, tuple]:
+    """Causal scaled dot-product attention, materialising the T x T matrix of probabilities.
+
+    `scale` defaults to 1/sqrt(D), which keeps the scores' variance ~1 whatever the head size D
+    (see attention_scaling); scale=1.0 is the unscaled variant the experiments compare with.
+    """
     T, D = q.shape[-2], q.shape[-1]
-    scale = 1.0 / math.sqrt(D)  # keeps the scores' variance ~1 whatever D (see attention_scaling)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
     scores = (q @ np.swapaxes(k, -1, -2)) * scale  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
     scores += causal_mask(T, scores.dtype)  # position t sees keys 0..t only
     scores -= scores.max(axis=-1, keepdims=True)  # softmax is shift-invariant; avoids overflow
@@ -186,6 +192,7 @@ class Attention(NamedTuple):
 
 
 NAIVE_ATTENTION = Attention(attention_forward, attention_backward)
+UNSCALED_ATTENTION = Attention(functools.partial(attention_forward, scale=1.0), attention_backward)
 
 
 # ----------------------------------------------------------------------------- cross-entropy

@@ -141,3 +141,9 @@ def test_bad_inputs_are_rejected():
         backward(cache)
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=10, n_head=3)
+
+
+def test_plain_residual_init_is_0_02_everywhere():
+    cfg = GPTConfig(block_size=64, vocab_size=500, n_layer=8, n_head=4, n_embd=128)
+    params = init_params(cfg, seed=0, scaled_residual_init=False)
+    assert abs(params["transformer.h.7.mlp.c_proj.weight"].std() / 0.02 - 1) < 0.03

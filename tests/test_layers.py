@@ -184,3 +184,16 @@ def test_layers_keep_the_dtype(dtype, rng):
         layers.linear_forward(x, np.eye(C, dtype=dtype), b)[0],
     ):
         assert out.dtype == dtype
+
+
+def test_unscaled_attention_matches_torch_with_scale_one(rng):
+    q, k, v = (rng.standard_normal((B, H, T, 8)) for _ in range(3))
+    out, cache = layers.UNSCALED_ATTENTION.forward(q, k, v)
+    dout = rng.standard_normal(out.shape)
+    grads = layers.UNSCALED_ATTENTION.backward(dout, cache)
+    tq, tk, tv = (to_torch(a, requires_grad=True) for a in (q, k, v))
+    torch_out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True, scale=1.0)
+    torch_out.backward(to_torch(dout))
+    assert rel_error(out, torch_out.detach().numpy()) < 1e-12
+    for grad, tensor in zip(grads, (tq, tk, tv)):
+        assert rel_error(grad, tensor.grad.numpy()) < 1e-12
