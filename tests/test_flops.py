@@ -1,0 +1,101 @@
+"""FLOP counts: the formulas pinned for GPT-2 124M, the exact matmul count checked against torch's
+FlopCounterMode on the torch mirror, and the device peak table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ref_numpy.config import GPTConfig
+from ref_numpy.flops import (
+    PEAK_FLOPS,
+    compare_with_formulas,
+    estimate_mfu,
+    exact_matmul_flops,
+    flops_per_token,
+    flops_per_token_causal,
+    mfu_from_ceiling,
+    peak_flops_for,
+)
+from torch_impl.model import GPT
+
+GPT2 = GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768, bias=True)
+
+
+def test_gpt2_124m_formulas():
+    # 6N + 12*L*H*Q*T with N = 123,689,472 (wpe excluded, tied wte included)
+    assert flops_per_token(GPT2) == 855_383_040
+    assert flops_per_token_causal(GPT2) == 6 * 123_689_472 + 6 * 12 * 768 * 1024 == 798_759_936
+
+
+def test_gpt2_124m_exact_vs_formulas():
+    comparison = compare_with_formulas(GPT2)
+    assert comparison["exact"] == 854_654_976
+    assert comparison["exact_causal_skip"] == 798_031_872
+    # 6N over-counts by 6 FLOPs per bias / LayerNorm parameter, and by nothing else
+    assert comparison["one_dimensional_params"] == 121_344
+    assert comparison["six_n_minus_exact"] == 6 * 121_344
+    assert comparison["nanogpt"] - comparison["exact"] == 6 * 121_344
+    assert comparison["llmc"] - comparison["exact_causal_skip"] == 6 * 121_344
+    # nanoGPT's attention term is the full T^2 count, llm.c's the causal half
+    assert comparison["nanogpt_attention"] == comparison["exact_attention"]
+    assert comparison["llmc_attention"] == comparison["exact_attention_causal_skip"]
+
+
+def test_exact_terms_add_up():
+    report = exact_matmul_flops(GPT2, 1024)
+    assert report["embedding"]["total"] == 0
+    assert report["lm_head"]["total"] == 6 * 768 * 50304
+    for term in ("lm_head", "linear"):  # backward = dx and dW, each as costly as the forward
+        assert report[term]["backward"] == 2 * report[term]["forward"]
+    assert report["attention"]["backward"] == 2 * report["attention"]["forward"]
+    halved = exact_matmul_flops(GPT2, 1024, causal_skip=True)
+    assert halved["attention"]["total"] == report["attention"]["total"] / 2
+    assert halved["linear"] == report["linear"]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "T"),
+    [
+        (GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32), 16),
+        (GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=4, n_embd=32, bias=False), 8),
+    ],
+)
+def test_exact_count_equals_torch_flop_counter(cfg, T):
+    """FlopCounterMode counts 2*m*n*k for mm/addmm/bmm (matmul decomposes into these), forward
+    and backward, and nothing for embedding lookups, softmax, LayerNorm, GELU, adds, bias adds or
+    the loss: exactly the matmuls `exact_matmul_flops` counts. Every dx is needed (the input of
+    the first block carries wte's gradient), so torch's backward does them all."""
+    torch.manual_seed(0)
+    model = GPT(cfg, attention="manual")  # the T x T matmuls as plain matmuls, not a fused kernel
+    B = 3
+    idx = torch.randint(0, cfg.vocab_size, (B, T))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _, loss = model(idx, idx)
+        loss.backward()
+    assert counter.get_total_flops() == exact_matmul_flops(cfg, T)["total"]["total"] * B * T
+
+
+def test_peak_flops_lookup():
+    assert peak_flops_for("NVIDIA H100 80GB HBM3") == 989.5e12
+    assert peak_flops_for("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops_for("NVIDIA A100-SXM4-40GB") == 312e12
+    assert peak_flops_for("NVIDIA A100 80GB PCIe", "tf32") == 156e12
+    assert peak_flops_for("NVIDIA H200") == 989.5e12
+    assert peak_flops_for("NVIDIA L4") == 121e12
+    assert peak_flops_for("NVIDIA L40S") == PEAK_FLOPS["L40S"]["bf16"]
+    assert peak_flops_for("NVIDIA A10G") == PEAK_FLOPS["A10G"]["bf16"]
+    assert peak_flops_for("NVIDIA GeForce RTX 4090") == 165.2e12
+    assert peak_flops_for("Tesla V100-SXM2-16GB", "fp16") == 125e12
+    assert peak_flops_for("Tesla V100-SXM2-16GB") is None  # no bf16 on Volta
+    assert peak_flops_for("Some Unknown GPU") is None
+
+
+def test_mfu_arithmetic():
+    assert mfu_from_ceiling(1e12, 0.5, 4e12) == 0.5
+    assert estimate_mfu(989.5e12 * 0.4, 1.0, "NVIDIA H100 80GB HBM3") == pytest.approx(0.4)
+    assert estimate_mfu(1e12, 1.0, "unknown") is None
+    with pytest.raises(ValueError, match="dt"):
+        mfu_from_ceiling(1e12, 0.0, 1e12)
