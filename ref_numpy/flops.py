@@ -25,6 +25,11 @@ ceiling.
 
 from __future__ import annotations
 
+import math
+import time
+
+import numpy as np
+
 from ref_numpy.config import GPTConfig
 from ref_numpy.gpt import param_shapes
 
@@ -196,6 +201,22 @@ def mfu_from_ceiling(flops_per_iter: float, dt: float, ceiling_flops: float) -> 
     if dt <= 0 or ceiling_flops <= 0:
         raise ValueError(f"dt and ceiling_flops must be > 0, got dt={dt}, ceiling={ceiling_flops}")
     return flops_per_iter / dt / ceiling_flops
+
+
+def measured_matmul_ceiling(n: int = 2048, dtype=np.float32, repeats: int = 5) -> float:
+    """FLOP/s of an n x n x n NumPy matmul on this machine: the best of `repeats`, after one
+    warm-up. A second MFU denominator, the throughput this library can actually reach here,
+    next to the datasheet peak (which a CPU has none of in the table above)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    a @ b  # warm-up: BLAS threads and caches
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def estimate_mfu(

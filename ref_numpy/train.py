@@ -16,6 +16,7 @@ from ref_numpy.adamw import AdamW, clip_grad_norm
 from ref_numpy.allocator import keep_freed_memory
 from ref_numpy.data import decode
 from ref_numpy.gpt import GPTConfig, backward, forward, init_params
+from ref_numpy.layers import NAIVE_ATTENTION, Attention
 from ref_numpy.sample import generate
 from ref_numpy.training import (
     RunLog,
@@ -48,6 +49,7 @@ def train_step(
     micro_batches: Sequence[tuple[np.ndarray, np.ndarray]],
     lr: float,
     grad_clip: float,
+    attention: Attention = NAIVE_ATTENTION,
 ) -> tuple[float, float]:
     """One optimizer step over gradient-accumulated micro-batches: (mean loss, grad norm).
 
@@ -57,7 +59,7 @@ def train_step(
     total = None
     losses = []
     for x, y in micro_batches:
-        _, loss, cache = forward(params, cfg, x, y)
+        _, loss, cache = forward(params, cfg, x, y, attention=attention)
         grads = backward(cache)
         losses.append(float(loss))
         if total is None:

@@ -3,6 +3,8 @@ FlopCounterMode on the torch mirror, and the device peak table."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -99,3 +101,11 @@ def test_mfu_arithmetic():
     assert estimate_mfu(1e12, 1.0, "unknown") is None
     with pytest.raises(ValueError, match="dt"):
         mfu_from_ceiling(1e12, 0.0, 1e12)
+
+
+def test_measured_matmul_ceiling_is_a_throughput():
+    from ref_numpy.flops import measured_matmul_ceiling, mfu_from_ceiling
+
+    ceiling = measured_matmul_ceiling(n=256, repeats=2)
+    assert math.isfinite(ceiling) and ceiling > 1e6  # any machine does a MFLOP/s
+    assert mfu_from_ceiling(ceiling, 1.0, ceiling) == 1.0
