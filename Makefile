@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train train-numpy test bench clean
+.PHONY: setup train train-numpy test bench notebooks clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m torch_impl.bench_cpu $(ARGS)
+
+# re-executes every notebook in place (outputs saved in the file) and regenerates figures/
+notebooks: $(STAMP)
+	cd notebooks && ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace [0-9][0-9]_*.ipynb
 
 clean:
 	rm -rf $(VENV) out out-* .pytest_cache
