@@ -83,6 +83,22 @@ def _visited(rows: tuple[int, int], cols: tuple[int, int], causal: bool) -> tupl
     return cols[0] <= rows[1] - 1, cols[1] - 1 > rows[0]
 
 
+TILE_SKIPPED, TILE_FULL, TILE_MASKED = 0, 1, 2
+
+
+def tile_map(T: int, block_q: int = 64, block_k: int = 64, causal: bool = True) -> np.ndarray:
+    """What the tiled forward does with each (query block i, key block j): an int array
+    [n_query_blocks, n_key_blocks] of TILE_SKIPPED (above the diagonal, never loaded),
+    TILE_FULL (computed with no mask) or TILE_MASKED (crosses the diagonal, masked elementwise)."""
+    row_tiles, col_tiles = _tiles(T, block_q), _tiles(T, block_k)
+    states = np.empty((len(row_tiles), len(col_tiles)), dtype=np.int64)
+    for i, rows in enumerate(row_tiles):
+        for j, cols in enumerate(col_tiles):
+            visit, mask = _visited(rows, cols, causal)
+            states[i, j] = TILE_SKIPPED if not visit else TILE_MASKED if mask else TILE_FULL
+    return states
+
+
 def _mask_above_diagonal(S_ij: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> None:
     query = np.arange(rows[0], rows[1])[:, None]
     key = np.arange(cols[0], cols[1])[None, :]
@@ -308,6 +324,9 @@ def hbm_traffic_bytes(
 
 __all__ = [
     "FLASH_ATTENTION",
+    "TILE_FULL",
+    "TILE_MASKED",
+    "TILE_SKIPPED",
     "attention_naive",
     "flash_attention",
     "flash_attention_backward",
@@ -317,4 +336,5 @@ __all__ = [
     "online_softmax",
     "online_softmax_trace",
     "peak_memory_bytes",
+    "tile_map",
 ]

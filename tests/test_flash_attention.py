@@ -14,6 +14,9 @@ import pytest
 from ref_numpy import layers
 from ref_numpy.adamw import AdamW
 from ref_numpy.flash_attention import (
+    TILE_FULL,
+    TILE_MASKED,
+    TILE_SKIPPED,
     attention_naive,
     flash_attention,
     flash_attention_backward,
@@ -22,6 +25,7 @@ from ref_numpy.flash_attention import (
     online_softmax,
     online_softmax_trace,
     peak_memory_bytes,
+    tile_map,
 )
 from ref_numpy.gpt import GPTConfig, backward, forward, init_params
 from tests.numerics import central_difference_grad, rel_error
@@ -165,3 +169,18 @@ def test_hbm_traffic_by_hand_and_at_4096():
         hbm_traffic_bytes(4096, 64, "naive")["total"]
         > hbm_traffic_bytes(4096, 64, "flash")["total"]
     )
+
+
+def test_tile_map_by_hand_and_against_traffic():
+    # T = 5, 2 x 2 tiles: the diagonal tiles are masked, the ones above skipped; the last,
+    # partial tile is query 4 against key 4 alone, with nothing above the diagonal to mask.
+    S, F, M = TILE_SKIPPED, TILE_FULL, TILE_MASKED
+    expected = np.array([[M, S, S], [F, M, S], [F, F, F]])
+    np.testing.assert_array_equal(tile_map(5, 2, 2), expected)
+    assert (tile_map(5, 2, 2, causal=False) == F).all()
+    # 4-query, 2-key blocks: query block 0 (queries 0-3) crosses key blocks 0 and 1 (keys 0-3)
+    np.testing.assert_array_equal(tile_map(8, 4, 2)[0], [M, M, S, S])
+    # the visited tiles are the ones whose K_j, V_j the traffic count reads
+    T, d, b = 256, 8, 32
+    visited = int((tile_map(T, b, b) != S).sum())
+    assert hbm_traffic_bytes(T, d, "flash", b, b, 1)["read_KV"] == 2 * visited * b * d
