@@ -17,8 +17,19 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_there_are_notebooks():
-    assert NOTEBOOKS, "no notebooks/NN_name.ipynb found"
+EXPECTED = [
+    "01_attention_scaling",
+    "02_residual_init",
+    "03_weight_decay_groups",
+    "04_flash_attention",
+    "05_fused_adamw",
+    "06_flops_and_mfu",
+    "07_cross_check",
+]
+
+
+def test_one_notebook_per_idea():
+    assert [path.stem for path in NOTEBOOKS] == EXPECTED
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
