@@ -3,58 +3,29 @@
 Both sides start from the same parameters (ref_numpy.gpt.init_params), draw the same batches
 (one BatchSampler each, same seed), follow the same schedule (ref_numpy.schedule.get_lr), clip
 at 1.0 and decay at 0.1, through the trainers' own `train_step` functions; the torch side uses
-SDPA attention and fused AdamW.
+SDPA attention and fused AdamW. The two runs are torch_impl.cross_check's (notebook 07 plots them).
 """
 
 import numpy as np
 import pytest
 import torch
 
-from ref_numpy.adamw import AdamW
-from ref_numpy.data import BatchSampler, load_split
-from ref_numpy.gpt import GPTConfig, init_params
-from ref_numpy.schedule import get_lr
-from ref_numpy.train import train_step as numpy_train_step
+from ref_numpy.data import load_split
 from tests.numerics import rel_error
-from torch_impl.model import GPT
-from torch_impl.train import train_step as torch_train_step
+from torch_impl import cross_check
 
-CFG = GPTConfig(block_size=32, vocab_size=84, n_layer=2, n_head=2, n_embd=32)
-STEPS, BATCH, SEED = 50, 8, 0
-# At learning rate 3e-3 the two float64 runs agree to rounding (~1e-15 per step). At 1e-2 this
-# tiny model trains in a chaotic regime: the same rounding differences grow ~1e5-fold in 50
-# steps (measured: 2e-10 on the last losses), which tests the dynamics, not the arithmetic.
-LR, MIN_LR, WARMUP, WEIGHT_DECAY, BETAS, GRAD_CLIP = 3e-3, 3e-4, 10, 0.1, (0.9, 0.95), 1.0
-
-
+CFG = cross_check.small_config(vocab_size=84)
+STEPS, BATCH, SEED = 50, 8, 0  # learning rate and schedule: torch_impl.cross_check (and why)
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
-def schedule(it):
-    return get_lr(it, LR, WARMUP, STEPS, MIN_LR)
-
-
 def numpy_run(data, dtype, accumulation, seed=SEED):
-    params = init_params(CFG, seed=seed, dtype=dtype)
-    opt = AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
-    sampler = BatchSampler(data, CFG.block_size, BATCH, seed=seed)
-    losses = []
-    for it in range(STEPS):
-        micro = [sampler.next_batch() for _ in range(accumulation)]
-        losses.append(numpy_train_step(params, CFG, opt, micro, schedule(it), GRAD_CLIP)[0])
-    return np.array(losses), params
+    return cross_check.numpy_run(CFG, data, STEPS, BATCH, seed, dtype, accumulation)
 
 
 def torch_run(data, dtype, accumulation, seed=SEED):
-    model = GPT(CFG, attention="sdpa").to(dtype)
-    model.load_numpy_params(init_params(CFG, seed=seed))  # cast to the model's dtype
-    opt = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, "cpu", fused=True)
-    sampler = BatchSampler(data, CFG.block_size, BATCH, seed=seed)
-    losses = []
-    for it in range(STEPS):
-        micro = [sampler.next_batch() for _ in range(accumulation)]
-        losses.append(torch_train_step(model, opt, micro, schedule(it), GRAD_CLIP)[0])
-    return np.array(losses), {n: p.detach().double().numpy() for n, p in model.named_parameters()}
+    losses, model = cross_check.torch_run(CFG, data, STEPS, BATCH, seed, dtype, accumulation)
+    return losses, {n: p.detach().double().numpy() for n, p in model.named_parameters()}
 
 
 def flat(params):
