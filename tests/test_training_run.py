@@ -28,10 +28,6 @@ def torch_run(data, dtype, accumulation, seed=SEED):
     return losses, {n: p.detach().double().numpy() for n, p in model.named_parameters()}
 
 
-def flat(params):
-    return np.concatenate([params[n].reshape(-1) for n in sorted(params)]).astype(np.float64)
-
-
 @pytest.fixture(scope="module")
 def train_data(corpus_dir):
     data = load_split(corpus_dir, "train")
@@ -52,12 +48,15 @@ def test_float64_runs_agree_step_by_step(train_data, reference_run, accumulation
         numpy_losses, numpy_params = numpy_run(train_data, np.float64, accumulation)
     torch_losses, torch_params = torch_run(train_data, torch.float64, accumulation)
     step_errors = np.abs(torch_losses - numpy_losses) / np.abs(numpy_losses)
+    param_error = rel_error(
+        cross_check.flat_params(torch_params), cross_check.flat_params(numpy_params)
+    )
     print(
         f"accumulation {accumulation}: max per-step loss rel error {step_errors.max():.3e}, "
-        f"final params rel error {rel_error(flat(torch_params), flat(numpy_params)):.3e}"
+        f"final params rel error {param_error:.3e}"
     )
     assert np.all(step_errors < 1e-9)
-    assert rel_error(flat(torch_params), flat(numpy_params)) < 1e-8
+    assert param_error < 1e-8
     assert numpy_losses[-1] < numpy_losses[0] - 0.5  # and it does learn
 
 
@@ -83,7 +82,9 @@ def test_float32_torch_is_as_close_as_plain_float32(train_data, reference_run):
             errors[name].append(
                 (
                     rel_error(losses, reference_losses),
-                    rel_error(flat(params), flat(reference_params)),
+                    rel_error(
+                        cross_check.flat_params(params), cross_check.flat_params(reference_params)
+                    ),
                 )
             )
     plain, torch32 = np.mean(errors["plain"], axis=0), np.mean(errors["torch"], axis=0)

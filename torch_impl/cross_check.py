@@ -83,7 +83,8 @@ def torch_run(
     return np.array(losses, dtype=np.float64), model
 
 
-def _flat(params: dict[str, np.ndarray]) -> np.ndarray:
+def flat_params(params: dict[str, np.ndarray]) -> np.ndarray:
+    """All parameters as one float64 vector, in name order: one relative error for a model."""
     return np.concatenate([params[n].reshape(-1) for n in sorted(params)]).astype(np.float64)
 
 
@@ -122,7 +123,9 @@ def cross_check_runs(
             final = final.numpy_params()
         result[label] = losses
         result[f"step_error_{label}"] = np.abs(losses - reference_losses) / np.abs(reference_losses)
-        result[f"param_error_{label}"] = _relative(_flat(final), _flat(reference_params))
+        result[f"param_error_{label}"] = _relative(
+            flat_params(final), flat_params(reference_params)
+        )
     return result
 
 
