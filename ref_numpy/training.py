@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import os
 import sys
 import time
+import tomllib
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -40,6 +42,7 @@ class TrainConfig:
     eval_interval: int = 250
     log_interval: int = 10
     eval_iters: int = 10  # batches per split per evaluation
+    eval_only: bool = False  # evaluate once (e.g. a loaded checkpoint) and stop
     # data: the Shakespeare corpus unless `text` names a UTF-8 file
     text: str | None = None
     data_dir: str | None = None  # default: data/shakespeare_char or data/<text stem>_char
@@ -129,39 +132,125 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _parser_for(annotation: Any) -> Callable[[str], Any]:
-    """The argparse `type` for a dataclass field annotation (str, int, float, bool, X | None)."""
+def _optional_inner(annotation: Any) -> Any | None:
+    """X for an `X | None` annotation, else None."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
-        inner = _parser_for(next(a for a in args if a is not type(None)))
-        return lambda text: None if text.lower() == "none" else inner(text)
+        return next(a for a in args if a is not type(None))
+    return None
+
+
+def _parser_for(annotation: Any) -> Callable[[str], Any]:
+    """The argparse `type` for a dataclass field annotation (str, int, float, bool, X | None)."""
+    inner = _optional_inner(annotation)
+    if inner is not None:
+        parse_inner = _parser_for(inner)
+        return lambda text: None if text.lower() == "none" else parse_inner(text)
     if annotation is bool:
         return _parse_bool
     return annotation
 
 
-def parse_config(cls: type, argv: Sequence[str] | None, description: str) -> Any:
-    """Build `cls` (a TrainConfig dataclass) from `--key value` / `--key=value` flags."""
+def _type_name(annotation: Any) -> str:
+    inner = _optional_inner(annotation)
+    return f"{inner.__name__} or none" if inner is not None else annotation.__name__
+
+
+def _checked_value(name: str, value: Any, annotation: Any, source: str) -> Any:
+    """A config-file value of the field's type; ints are accepted for floats, nothing else is
+    converted (a quoted "3" for an int is a mistake in the file, not a 3)."""
+    inner = _optional_inner(annotation)
+    if inner is not None:
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        annotation = inner
+    if annotation is bool and isinstance(value, bool):
+        return value
+    if annotation is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if annotation is str and isinstance(value, str):
+        return value
+    raise ValueError(f"{source}: {name} must be {_type_name(annotation)}, got {value!r}")
+
+
+def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
+    """The options in a TOML or JSON file, checked against the fields of `cls`.
+
+    A flat table of option names, as on the command line: `batch_size = 64`, `bias = false`.
+    TOML has no null; write "none" for an option whose default is None.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file '{path}' does not exist")
+    readers = {".toml": (tomllib.loads, tomllib.TOMLDecodeError), ".json": (json.loads, ValueError)}
+    if path.suffix.lower() not in readers:
+        raise ValueError(f"config file '{path}' must end in .toml or .json")
+    loads, error_type = readers[path.suffix.lower()]
+    try:
+        values = loads(path.read_text(encoding="utf-8"))
+    except (error_type, UnicodeDecodeError) as error:
+        raise ValueError(f"config file '{path}' does not parse: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file '{path}' must hold a table of options")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in values:
+        if key not in hints or key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"config file '{path}': unknown option {key!r}{hint}")
+    return {k: _checked_value(k, v, hints[k], f"config file '{path}'") for k, v in values.items()}
+
+
+def read_overrides(cls: type, argv: Sequence[str] | None, description: str) -> dict[str, Any]:
+    """The options a user set: `--config FILE` (TOML or JSON), then `--key value` / `--key=value`
+    flags, which win. Options left unset are absent, so that defaults can depend on the device
+    or, on resume, come from the checkpoint."""
     parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--config", metavar="FILE", default=None, help="a TOML or JSON file of options"
+    )
     hints = typing.get_type_hints(cls)
     for field in fields(cls):
+        annotation = hints[field.name]
         parser.add_argument(
             f"--{field.name}",
-            type=_parser_for(hints[field.name]),
-            default=field.default,
-            metavar=hints[field.name].__name__ if isinstance(hints[field.name], type) else "VALUE",
+            type=_parser_for(annotation),
+            default=argparse.SUPPRESS,
+            metavar=annotation.__name__ if isinstance(annotation, type) else "VALUE",
             help=f"(default: {field.default})",
         )
-    return cls(**vars(parser.parse_args(argv)))
+    flags = vars(parser.parse_args(argv))
+    config_file = flags.pop("config")
+    from_file = read_config_file(cls, config_file) if config_file is not None else {}
+    return {**from_file, **flags}
+
+
+def parse_config(cls: type, argv: Sequence[str] | None, description: str) -> Any:
+    """Build `cls` (a TrainConfig dataclass) from a config file and flags over its defaults."""
+    return cls(**read_overrides(cls, argv, description))
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped on its own (a non-finite loss): exit code 1, the last checkpoint kept."""
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a command-line program: errors a user can cause end in one line and exit code 2."""
+    """Run a command-line program: errors a user can cause end in one line and exit code 2;
+    a run that fails (diverges) ends in one line and exit code 1."""
     try:
         main()
     except (DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 # ----------------------------------------------------------------------------- data
@@ -200,23 +289,81 @@ def eval_batches(data: TrainingData, config: TrainConfig) -> dict[str, list]:
     return batches
 
 
-def train_sampler(data: TrainingData, config: TrainConfig) -> BatchSampler:
-    return BatchSampler(data.train, config.block_size, config.batch_size, config.seed, "train")
+class MicroBatchStreams:
+    """The training batches: one seeded stream per gradient-accumulation slot.
+
+    Iteration i's micro-batch j is the i-th draw of stream j, whose seed is `seed + j`. Giving
+    each slot its own stream makes the data independent of how the slots are spread over
+    processes: one process running all G slots and K data-parallel ranks running G/K slots each
+    (rank r the slots r*G/K ... (r+1)*G/K - 1) train on the same batches, and a checkpoint
+    holding every stream's state resumes under any number of ranks that divides G.
+    """
+
+    def __init__(
+        self, data: TrainingData, config: TrainConfig, slots: Sequence[int] | None = None
+    ) -> None:
+        n_slots = config.gradient_accumulation_steps
+        self.slots = list(range(n_slots)) if slots is None else list(slots)
+        if any(not 0 <= j < n_slots for j in self.slots):
+            raise ValueError(f"micro-batch slots {self.slots} outside 0..{n_slots - 1}")
+        self.samplers = {
+            j: BatchSampler(
+                data.train, config.block_size, config.batch_size, config.seed + j, "train"
+            )
+            for j in self.slots
+        }
+
+    def next_micro_batches(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.samplers[j].next_batch() for j in self.slots]
+
+    def state_dict(self) -> dict[int, dict]:
+        return {j: sampler.state_dict() for j, sampler in self.samplers.items()}
+
+    def load_state_dict(self, states: dict[int, dict]) -> None:
+        missing = [j for j in self.slots if j not in states]
+        if missing:
+            raise DataError(
+                f"the saved batch streams are for slots {sorted(states)}, not {self.slots}; "
+                f"keep --gradient_accumulation_steps as it was"
+            )
+        for j in self.slots:
+            self.samplers[j].load_state_dict(states[j])
 
 
 # ----------------------------------------------------------------------------- log and figure
 class RunLog:
     """Appends one JSON object per line to out_dir/log.jsonl and keeps them for the figure."""
 
-    def __init__(self, out_dir: str | Path, config: Any) -> None:
+    def __init__(
+        self, out_dir: str | Path, config: Any, resume_iter: int | None = None, active: bool = True
+    ) -> None:
+        """A fresh log, or with `resume_iter` the existing one cut back to the records before
+        that iteration (a killed run may have logged past its last checkpoint). An inactive log
+        (a data-parallel rank other than 0) writes nothing."""
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "log.jsonl"
         self.records: list[dict] = []
-        self.path.write_text("")
-        self.write({"config": dataclasses.asdict(config)})
+        self.active = active
+        if not active:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_iter is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by the kill
+                    continue
+                if record.get("iter", -1) < resume_iter:
+                    self.records.append(record)
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+        header = {"config": dataclasses.asdict(config)}
+        if resume_iter is not None:
+            header["resumed_at"] = resume_iter
+        self.write(header)
 
     def write(self, record: dict) -> None:
+        if not self.active:
+            return
         self.records.append(record)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -280,6 +427,16 @@ StepFunction = Callable[[list, float], tuple[float, float]]  # (micro-batches, l
 EstimateFunction = Callable[[dict], dict[str, float]]  # eval batches -> {"train": .., "val": ..}
 
 
+@dataclass
+class LoopState:
+    """Where a run stands: what a checkpoint records and a resume restores (with the streams)."""
+
+    iter_num: int = 0  # optimizer steps taken
+    best_val_loss: float = math.inf
+    last_saved_iter: int | None = None
+    stopped: bool = False  # set when a stop request (a signal) ended the loop early
+
+
 def train_loop(
     config: TrainConfig,
     data: TrainingData,
@@ -287,20 +444,43 @@ def train_loop(
     step: StepFunction,
     estimate_loss: EstimateFunction,
     desc: str,
-) -> None:
-    """The training loop both trainers run: schedule, batches, evaluation and logging.
+    *,
+    streams: MicroBatchStreams | None = None,
+    state: LoopState | None = None,
+    save: Callable[[LoopState], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+    mfu: Callable[[float], float | None] | None = None,
+    is_master: bool = True,
+) -> LoopState:
+    """The training loop both trainers run: schedule, batches, evaluation, logging, checkpoints.
 
     `step` takes the iteration's micro-batches and learning rate and returns the mean loss and
     the gradient norm before clipping; `estimate_loss` returns the mean loss of each split over
-    the fixed evaluation batches. Evaluation runs every `eval_interval` iterations and at the end.
+    the fixed evaluation batches. Evaluation runs every `eval_interval` iterations and at the
+    end, on the master process only.
+
+    The rest serves the torch trainer's checkpoints: `streams` and `state` (restored from a
+    checkpoint to resume), `save(state)` called at every evaluation after the first step of this
+    run and at the end (on every process: a data-parallel save gathers the ranks' states),
+    `stop_requested()` polled after each step (a signal: save, then return with state.stopped),
+    and `mfu(tokens_per_second)` for the progress bar and the log.
     """
-    sampler = train_sampler(data, config)
+    streams = streams if streams is not None else MicroBatchStreams(data, config)
+    state = state if state is not None else LoopState()
+    start_iter = state.iter_num
+    if start_iter > config.max_iters:
+        raise ValueError(
+            f"the checkpoint is at iteration {start_iter}, past --max_iters {config.max_iters}"
+        )
     fixed_eval_batches = eval_batches(data, config)
     baseline = unigram_loss(data)
     tokens_per_iter = config.gradient_accumulation_steps * config.batch_size * config.block_size
 
     def evaluate(it: int) -> None:
+        if not is_master:
+            return
         losses = estimate_loss(fixed_eval_batches)
+        state.best_val_loss = min(state.best_val_loss, losses["val"])
         log.write(
             {
                 "iter": it,
@@ -314,10 +494,27 @@ def train_loop(
             f"(unigram baseline {baseline:.4f})"
         )
 
-    progress = tqdm(range(config.max_iters), desc=desc, unit="it")
+    def checkpoint() -> None:
+        if save is not None:
+            save(state)
+            state.last_saved_iter = state.iter_num
+
+    if config.eval_only:
+        evaluate(start_iter)
+        return state
+    progress = tqdm(
+        range(start_iter, config.max_iters),
+        desc=desc,
+        unit="it",
+        initial=start_iter,
+        total=config.max_iters,
+        disable=not is_master,
+    )
     for it in progress:
         if it % config.eval_interval == 0:
             evaluate(it)
+            if it > start_iter:  # the state at start_iter is the checkpoint it came from
+                checkpoint()
         lr = get_lr(
             it,
             config.learning_rate,
@@ -327,20 +524,40 @@ def train_loop(
             config.decay_lr,
         )
         start = time.perf_counter()
-        micro = [sampler.next_batch() for _ in range(config.gradient_accumulation_steps)]
-        loss, grad_norm = step(micro, lr)
+        loss, grad_norm = step(streams.next_micro_batches(), lr)
         if not math.isfinite(loss):
-            raise ValueError(f"the loss became {loss} at iteration {it}; lower --learning_rate")
-        tokens_per_second = tokens_per_iter / (time.perf_counter() - start)
-        if it % config.log_interval == 0:
-            log.write(
-                {
-                    "iter": it,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_second": tokens_per_second,
-                }
+            kept = (
+                f"the checkpoint of iteration {state.last_saved_iter} is kept"
+                if state.last_saved_iter is not None
+                else "no checkpoint was written in this run"
             )
-        progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
+            raise TrainingFailed(
+                f"the loss became {loss} at iteration {it}; training stopped and {kept} "
+                f"(try a lower --learning_rate)"
+            )
+        state.iter_num = it + 1
+        tokens_per_second = tokens_per_iter / (time.perf_counter() - start)
+        utilisation = mfu(tokens_per_second) if mfu is not None else None
+        if it % config.log_interval == 0:
+            record = {
+                "iter": it,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_second": tokens_per_second,
+            }
+            if utilisation is not None:
+                record["mfu"] = utilisation
+            log.write(record)
+        postfix = {"loss": f"{loss:.4f}", "tok_s": f"{tokens_per_second:,.0f}"}
+        if utilisation is not None:
+            postfix["mfu"] = f"{100 * utilisation:.1f}%"
+        progress.set_postfix(postfix)
+        if stop_requested is not None and stop_requested():
+            progress.close()
+            checkpoint()
+            state.stopped = True
+            return state
     evaluate(config.max_iters)
+    checkpoint()
+    return state

@@ -5,6 +5,7 @@ exits 2 with one `error:` line and no traceback.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,15 @@ def test_tiny_training_run(program, corpus_dir, tmp_path):
     assert (out_dir / ("params.npz" if program == "numpy" else "ckpt.pt")).exists()
     sample = result.stdout.split("---- sample ----\n", 1)[1]
     assert len(sample.rstrip("\n")) >= 20
+    if program == "torch":  # then sample from its checkpoint, as the README says
+        sampled = run(
+            ["-m", "torch_impl.sample", "--out_dir", str(out_dir), "--device", "cpu"]
+            + ["--start", "ROMEO:", "--num_samples", "2", "--max_new_tokens", "30"]
+        )
+        assert sampled.returncode == 0, sampled.stderr
+        samples = sampled.stdout.split("---------------\n")
+        assert len(samples) == 3 and samples[-1] == ""
+        assert all(s.startswith("ROMEO:") and len(s.rstrip("\n")) >= 36 for s in samples[:2])
 
 
 def test_both_programs_log_the_same_losses_in_float64(corpus_dir, tmp_path):
@@ -110,6 +120,31 @@ def test_bad_input_gives_one_line_and_exit_2(program, case, tmp_path):
     flags, expected = BAD_INPUTS[case]
     result = run([*PROGRAMS[program], *flags, "--out_dir", str(tmp_path / "out")])
     assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr.strip().splitlines()[-1]
+
+
+TORCH_BAD_INPUTS = {
+    "unknown device": (["--device", "tpu"], "unknown --device 'tpu'"),
+    "unknown attention": (["--attention", "fast"], "--attention must be one of"),
+    "config file with an unknown key": (["--config", "BAD_TOML"], "unknown option 'n_layers'"),
+    "missing config file": (["--config", "/nonexistent/run.toml"], "does not exist"),
+    "resume without a checkpoint": (["--init_from", "resume"], "no checkpoint at"),
+    "accumulation not divisible by ranks": (["--gradient_accumulation_steps", "3"], "multiple"),
+}
+
+
+@pytest.mark.parametrize("case", TORCH_BAD_INPUTS)
+def test_torch_bad_input_gives_one_line_and_exit_2(case, tmp_path):
+    flags, expected = TORCH_BAD_INPUTS[case]
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("n_layers = 2\n")
+    flags = [str(bad_toml) if f == "BAD_TOML" else f for f in flags]
+    env = None
+    if case == "accumulation not divisible by ranks":  # as torchrun would set it for 2 ranks
+        env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    result = run([*PROGRAMS["torch"], *flags, "--out_dir", str(tmp_path / "out")], env=env)
+    assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert expected in result.stderr.strip().splitlines()[-1]
 

@@ -3,7 +3,8 @@
 The fast mirror of `ref_numpy`: the same `GPTConfig`, the same parameter names and shapes (so a
 NumPy parameter dict and a nanoGPT checkpoint both load), and the same arithmetic, proven equal
 by the tests. Attention runs either through `F.scaled_dot_product_attention` (a fused kernel,
-flash attention on a GPU) or as the materialised masked softmax that spells the math out.
+flash attention on a GPU), as the materialised masked softmax that spells the math out, or
+through the project's own FlashAttention-2 kernels (`torch_impl.triton_attention`, optional).
 References: nanoGPT (Karpathy), GPT-2 (Radford et al. 2019).
 """
 
@@ -23,7 +24,7 @@ from torch.nn import functional as F
 from ref_numpy.config import GPTConfig
 from ref_numpy.flops import mfu
 
-ATTENTION_BACKENDS = ("sdpa", "manual")
+ATTENTION_BACKENDS = ("sdpa", "manual", "triton")
 
 # Keys of a nanoGPT checkpoint that this model does not store: the causal-mask buffer of older
 # nanoGPT (saved when it had no flash attention); the mask here is rebuilt, never saved.
@@ -35,7 +36,49 @@ _COMPILED_PREFIX = "_orig_mod."
 def _checked_attention(attention: str) -> str:
     if attention not in ATTENTION_BACKENDS:
         raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+    if attention == "triton":
+        # imported only when asked for: triton is an optional dependency, and a slow import
+        from torch_impl.triton_attention import TRITON_AVAILABLE
+
+        if not TRITON_AVAILABLE:
+            raise ValueError(
+                "attention='triton' needs the triton package: "
+                "pip install -r requirements-triton.txt, or use attention='sdpa'"
+            )
     return attention
+
+
+class KVCache:
+    """The keys and values one attention layer has computed so far, kept for generation.
+
+    In a causal model the state at position s, in every layer, depends on tokens 0..s only, so
+    appending a token changes no earlier key or value: they are computed once and kept here.
+    Room for `max_length` positions (block_size) is allocated on the first write, in the dtype
+    of the keys written (under autocast, the low precision the projections produce).
+    """
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self.length = 0  # positions 0 .. length-1 are filled
+        self.keys: torch.Tensor | None = None  # (B, nh, max_length, hs)
+        self.values: torch.Tensor | None = None  # (B, nh, max_length, hs)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T_new, hs) as the next T_new positions; return (B, nh, end, hs)."""
+        end = self.length + k.size(2)
+        if end > self.max_length:
+            raise ValueError(
+                f"the KV cache holds {self.max_length} positions, {end} asked for; "
+                "beyond block_size the context must be cropped and recomputed"
+            )
+        if self.keys is None:
+            batch, n_head, _, head_size = k.shape
+            self.keys = k.new_empty(batch, n_head, self.max_length, head_size)
+            self.values = v.new_empty(batch, n_head, self.max_length, head_size)
+        self.keys[:, :, self.length : end] = k
+        self.values[:, :, self.length : end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
 
 
 class LayerNorm(nn.Module):
@@ -77,6 +120,14 @@ class CausalSelfAttention(nn.Module):
         if self.attention == "sdpa":
             dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif self.attention == "triton":
+            if self.training and self.dropout > 0:
+                raise ValueError(
+                    "attention='triton' has no attention dropout; use dropout=0.0 or 'sdpa'"
+                )
+            from torch_impl.triton_attention import triton_attention  # optional dependency
+
+            y = triton_attention(q, k, v, causal=True)  # FlashAttention-2 kernels, (B, nh, T, hs)
         else:
             y = self._manual_attention(q, k, v)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
@@ -91,6 +142,35 @@ class CausalSelfAttention(nn.Module):
         scores = scores.masked_fill(~self.causal_mask[:T, :T], float("-inf"))
         weights = self.attn_dropout(F.softmax(scores, dim=-1))
         return weights @ v  # (B, nh, T, hs)
+
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """forward() for new rows x (B, T_new, C) that continue the sequence held in `cache`.
+
+        The rows sit at positions start .. start+T_new-1 (start = cache.length). Their keys and
+        values join the cache, and each new query is scored against the keys up to its own
+        position. For one new token at position t that is one query row against t+1 keys: its
+        attention costs O(t*C) per layer, where recomputing the whole sequence's costs O(t^2*C).
+        The math is every backend's softmax(q k^T / sqrt(hs)) v, here always through SDPA.
+        """
+        B, T_new, C = x.shape
+        start = cache.length
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T_new, C)
+        q, k, v = (
+            z.view(B, T_new, self.n_head, C // self.n_head).transpose(1, 2) for z in (q, k, v)
+        )  # 3 x (B, nh, T_new, hs)
+        k, v = cache.append(k, v)  # (B, nh, start+T_new, hs)
+        if T_new == 1:
+            mask = None  # the newest position sees every position before it: nothing to mask
+        else:
+            # Query row i is position start+i and sees keys j <= start+i, i.e. j - i <= start: the
+            # lower triangle shifted right by `start`. (is_causal=True would pin the triangle to
+            # the top-left corner, which is right only when start == 0.)
+            mask = torch.ones(T_new, start + T_new, dtype=torch.bool, device=x.device)
+            mask = mask.tril(diagonal=start)  # (T_new, start+T_new), True = may attend
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T_new, C)  # (B, T_new, C)
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -119,6 +199,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """forward() for new rows only; LayerNorm and MLP act on each position alone."""
+        x = x + self.attn.forward_cached(self.ln_1(x), cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -177,7 +263,7 @@ class GPT(nn.Module):
 
     @property
     def attention(self) -> str:
-        """The attention backend of every block; assign to switch ("sdpa", "manual")."""
+        """The attention backend of every block; assign to switch ("sdpa", "manual", "triton")."""
         return self.transformer.h[0].attn.attention
 
     @attention.setter
@@ -220,6 +306,37 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, V)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
+
+    def new_kv_caches(self) -> list[KVCache]:
+        """One empty KVCache per layer, each with room for block_size positions."""
+        return [KVCache(self.config.block_size) for _ in self.transformer.h]
+
+    def forward_cached(self, idx: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """Logits (B, T_new, V) of tokens idx (B, T_new) that continue the sequence in `caches`.
+
+        The tokens take positions caches[0].length onward, and every layer appends their keys and
+        values to its cache. Fed a sequence in pieces (a prompt, then one token at a time), this
+        returns at each position the logits forward() gives for the whole sequence, while each
+        call computes only the new rows: a token at position t costs O(C^2) for the projections
+        and MLP plus O(t*C) for its attention row, where forward() over t+1 tokens costs
+        O(t*C^2 + t^2*C).
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
+        if len(caches) != len(self.transformer.h):
+            raise ValueError(f"need a KVCache per layer ({self.config.n_layer}), got {len(caches)}")
+        start, T_new = caches[0].length, idx.size(1)
+        if start + T_new > self.config.block_size:
+            raise ValueError(
+                f"positions up to {start + T_new} exceed block_size {self.config.block_size}; "
+                "past it, crop the context and run forward() instead"
+            )
+        pos = torch.arange(start, start + T_new, dtype=torch.long, device=idx.device)  # (T_new,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T_new, C)
+        x = self.transformer.drop(x)
+        for block, cache in zip(self.transformer.h, caches):
+            x = block.forward_cached(x, cache)
+        return self.lm_head(self.transformer.ln_f(x))  # (B, T_new, V)
 
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context (e.g. a 1024-token checkpoint for a smaller experiment)."""
@@ -282,15 +399,34 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        kv_cache: bool = True,
     ) -> torch.Tensor:
-        """Append `max_new_tokens` sampled tokens to idx (B, T); call model.eval() first."""
+        """Append `max_new_tokens` sampled tokens to idx (B, T); call model.eval() first.
+
+        With `kv_cache` the prompt runs once through forward_cached, filling every layer's cache,
+        and each new token then costs one query row against the cached keys and values: O(T) per
+        token rather than the O(T^2) of re-running the whole context. That holds while the
+        sequence fits in block_size. Past it, the context is cropped to the last block_size tokens,
+        which moves every token to a new position; the position embedding enters below every
+        layer, so no cached key or value is valid any more, and each token costs a full forward()
+        over block_size tokens, exactly as without the cache. Both paths compute the same logits
+        (up to rounding) and draw from `generator` in the same order, so a seed gives the same
+        tokens either way.
+        """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (use top_k=1 for greedy), got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be None or >= 1, got {top_k}")
+        block_size = self.config.block_size
+        caches = None
         for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size :]  # at most block_size tokens
-            logits, _ = self(context)
+            if not kv_cache or idx.size(1) > block_size:
+                logits, _ = self(idx[:, -block_size:])  # at most block_size tokens: (B, 1, V)
+            elif caches is None:
+                caches = self.new_kv_caches()
+                logits = self.forward_cached(idx, caches)  # the whole prompt, once: (B, T, V)
+            else:
+                logits = self.forward_cached(idx[:, -1:], caches)  # the newest token: (B, 1, V)
             logits = logits[:, -1, :] / temperature  # (B, V)
             if top_k is not None:
                 kth_largest = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]

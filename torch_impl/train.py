@@ -3,31 +3,58 @@
 The same loop as `ref_numpy.train` (same flags, schedule, clipping, batches and initial
 parameters, drawn by `ref_numpy.gpt.init_params`), run by torch: on a GPU when there is one, with
 flash attention (SDPA), fused AdamW, bf16 autocast and torch.compile; on the CPU otherwise.
-Writes out_dir/log.jsonl, out_dir/loss.png and out_dir/ckpt.pt, then prints a sample.
+
+Options come from the dataclass defaults (sized for the device: GPT-2 small's shape on a GPU, a
+small model that trains in minutes on a CPU), then `--config FILE` (TOML or JSON), then flags.
+Every `eval_interval` iterations and at the end it writes out_dir/ckpt.pt, which holds all an
+exact resume needs (`--init_from resume`); SIGINT and SIGTERM save one before exiting. Under
+`torchrun --nproc_per_node=K -m torch_impl.train` it trains data-parallel (DDP). Writes
+out_dir/log.jsonl and out_dir/loss.png, then prints a sample.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from ref_numpy.data import decode
+from ref_numpy.flops import mfu, peak_flops_for
 from ref_numpy.gpt import init_params
 from ref_numpy.training import (
+    LoopState,
+    MicroBatchStreams,
     RunLog,
     TrainConfig,
-    atomic_write_bytes,
+    TrainingData,
     load_training_data,
-    parse_config,
+    read_overrides,
     run_main,
     train_loop,
 )
-from torch_impl.model import GPT
+from torch_impl.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    config_from_checkpoint,
+    is_full_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
+from torch_impl.model import ATTENTION_BACKENDS, GPT
 
 DTYPES = {
     "float64": torch.float64,
@@ -41,16 +68,63 @@ DTYPES = {
 class TorchTrainConfig(TrainConfig):
     device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps
     # auto: bfloat16 autocast on a GPU that has it, else float32. float32/float64 set the
-    # parameters' dtype; bfloat16/float16 keep float32 parameters and autocast the matmuls.
+    # parameters' dtype; bfloat16/float16 keep float32 parameters and autocast the matmuls
+    # (float16 with a GradScaler).
     dtype: str = "auto"
     compile: bool | None = None  # None: on for CUDA, off elsewhere
-    attention: str = "sdpa"  # sdpa (flash on GPUs) or manual (materialised softmax)
+    attention: str = "sdpa"  # sdpa (flash on GPUs), manual (materialised softmax), triton
     fused_adamw: bool | None = None  # None: fused wherever this torch supports it
+    # scratch; resume (out_dir/ckpt.pt, exactly where it stopped); or a checkpoint file of this
+    # trainer or of nanoGPT, whose weights start a new run
+    init_from: str = "scratch"
+    peak_flops: float | None = None  # MFU denominator; None: GPU datasheet, else measured matmul
+
+    # A GPU trains GPT-2 small's shape (12 layers, 12 heads, 768 wide, 1024 context) on the
+    # character corpus, with GPT-2's optimizer settings, in a few minutes on one H100.
+    GPU_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "n_layer": 12,
+        "n_head": 12,
+        "n_embd": 768,
+        "block_size": 1024,
+        "batch_size": 16,
+        "learning_rate": 6e-4,
+        "min_lr": 6e-5,
+        "beta2": 0.95,
+        "warmup_iters": 100,
+        "eval_iters": 20,
+    }
+    # What a resume keeps from the checkpoint: a different value would change the model's shape
+    # or the batches, and the continuation would no longer be the run that was saved.
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = (
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "block_size",
+        "bias",
+        "gelu",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "seed",
+        "text",
+        "data_dir",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"--attention must be one of {ATTENTION_BACKENDS}, not {self.attention!r}"
+            )
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ValueError(f"--peak_flops must be positive, got {self.peak_flops}")
+
+    @classmethod
+    def device_defaults(cls, device: str) -> dict[str, Any]:
+        """Defaults that differ by device: the GPU ones where `device` resolves to CUDA."""
+        on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        return dict(cls.GPU_DEFAULTS) if on_cuda else {}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,6 +138,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but CUDA is not available; use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -79,9 +155,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     dtype = DTYPES[name]
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU has no bfloat16; use --dtype float16 or float32")
+    if dtype == torch.float64 and device.type == "mps":
+        raise ValueError("MPS has no float64; use --dtype float32")
     return dtype
 
 
+# ----------------------------------------------------------------------------- one step
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -94,19 +173,24 @@ def train_step(
     """One optimizer step over gradient-accumulated micro-batches: (mean loss, grad norm).
 
     Mirrors ref_numpy.train.train_step: each micro-batch's loss is divided by their number, so
-    the accumulated gradient is that of the mean loss.
+    the accumulated gradient is that of the mean loss. Under DDP each rank runs its share of the
+    micro-batches; the gradients are all-reduced (averaged over ranks) only in the last
+    backward, and the mean over ranks of those averages is the gradient of the global mean loss.
     """
     device = next(model.parameters()).device
     for group in optimizer.param_groups:
         group["lr"] = lr
     losses = []
-    for x, y in micro_batches:
+    last = len(micro_batches) - 1
+    for i, (x, y) in enumerate(micro_batches):
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        with autocast or contextlib.nullcontext():
-            _, loss = model(x, y)
-        losses.append(loss.detach())
-        scaled = loss / len(micro_batches)
-        (scaler.scale(scaled) if scaler else scaled).backward()
+        no_sync = isinstance(model, DistributedDataParallel) and i < last
+        with model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast or contextlib.nullcontext():
+                _, loss = model(x, y)
+            losses.append(loss.detach())
+            scaled = loss / len(micro_batches)
+            (scaler.scale(scaled) if scaler else scaled).backward()
     grad_norm = float("nan")
     if grad_clip > 0:
         if scaler:
@@ -118,7 +202,11 @@ def train_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return torch.stack(losses).mean().item(), grad_norm
+    mean_loss = torch.stack(losses).mean()
+    if isinstance(model, DistributedDataParallel):  # the log shows the loss of all ranks' data
+        dist.all_reduce(mean_loss)
+        mean_loss /= dist.get_world_size()
+    return mean_loss.item(), grad_norm
 
 
 @torch.no_grad()
@@ -137,22 +225,227 @@ def estimate_loss(model, batches: dict[str, list], autocast=None) -> dict[str, f
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    config = parse_config(TorchTrainConfig, argv, __doc__.splitlines()[0])
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    data = load_training_data(config)
-    cfg = config.model_config(data.vocab_size)
+# ----------------------------------------------------------------------------- MFU
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
+    """FLOP/s of an n x n x n torch matmul here (best of 3 after a warm-up): the MFU denominator
+    where no datasheet peak is known, i.e. what this device can reach, not what it is sold at."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    generator = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG alone
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    best = math.inf
+    for i in range(4):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i > 0:  # the first is the warm-up
+            best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
-    torch.manual_seed(config.seed)  # dropout masks
+
+def resolve_peak_flops(
+    config: TorchTrainConfig, device: torch.device, dtype: torch.dtype
+) -> tuple[float, str]:
+    """The MFU denominator and where it came from: --peak_flops; the GPU's datasheet peak in the
+    precision its matmuls run in (bf16, fp16, TF32 for float32); else a measured ceiling."""
+    if config.peak_flops is not None:
+        return config.peak_flops, "--peak_flops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        key = {
+            torch.bfloat16: "bf16",
+            torch.float16: "fp16",
+            torch.float32: "tf32" if tf32 else "fp32",
+        }
+        peak = peak_flops_for(name, key[dtype]) if dtype in key else None
+        if peak is not None:
+            return peak, f"{name} datasheet {key[dtype]} peak"
+    ceiling = matmul_ceiling(device, dtype)
+    return ceiling, f"measured {str(dtype).removeprefix('torch.')} matmul on {device.type}"
+
+
+# ----------------------------------------------------------------------------- runs
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    def slots(self, n_slots: int) -> range:
+        """The gradient-accumulation slots (batch streams) this rank runs."""
+        per_rank = n_slots // self.world_size
+        return range(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+
+def distributed_from_env(config: TorchTrainConfig) -> Distributed:
+    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python -m` run sets none."""
+    if "RANK" not in os.environ:
+        return Distributed()
+    ctx = Distributed(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    )
+    if config.gradient_accumulation_steps % ctx.world_size:
+        raise ValueError(
+            f"--gradient_accumulation_steps ({config.gradient_accumulation_steps}) must be a "
+            f"multiple of the number of processes ({ctx.world_size}): each runs an equal share"
+        )
+    return ctx
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM ask the run to stop: finish the step, save, exit.
+
+    A second Ctrl-C stops at once (a KeyboardInterrupt), for a run stuck where it cannot save.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step",
+            file=sys.stderr,
+        )
+
+
+def data_fingerprint(data: TrainingData) -> dict[str, Any]:
+    """What the batch streams index into: resuming on other data would not be the same run."""
+    return {
+        "source": data.meta["source"],
+        "vocab_size": data.vocab_size,
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+    }
+
+
+def config_for_run(argv: Sequence[str] | None) -> tuple[TorchTrainConfig, dict | None]:
+    """The run's options and, for `--init_from resume` or a file, the checkpoint it starts from.
+
+    A resume takes every option from the checkpoint except those given again, and refuses new
+    values for FIXED_ON_RESUME; `--init_from resume --max_iters 4000` extends a run.
+    """
+    explicit = read_overrides(TorchTrainConfig, argv, __doc__.splitlines()[0])
+    init_from = explicit.get("init_from", TorchTrainConfig.init_from)
+    if init_from != "resume":
+        base = TorchTrainConfig.device_defaults(explicit.get("device", TorchTrainConfig.device))
+        config = TorchTrainConfig(**{**base, **explicit})
+        checkpoint = None if init_from == "scratch" else load_checkpoint(init_from)
+        return config, checkpoint
+    path = Path(explicit.get("out_dir", TorchTrainConfig.out_dir)) / "ckpt.pt"
+    checkpoint = load_checkpoint(path)
+    if not is_full_checkpoint(checkpoint):
+        raise CheckpointError(
+            f"'{path}' was not written by this trainer, so it lacks the optimizer, RNG and data "
+            f"state a resume needs; start a new run from its weights with --init_from {path}"
+        )
+    names = {f.name for f in dataclasses.fields(TorchTrainConfig)}
+    saved = {k: v for k, v in checkpoint["config"].items() if k in names}
+    changed = [
+        f"--{k} {explicit[k]} (checkpoint: {saved[k]})"
+        for k in TorchTrainConfig.FIXED_ON_RESUME
+        if k in explicit and k in saved and explicit[k] != saved[k]
+    ]
+    if changed:
+        raise ValueError(f"a resume continues the saved run; it cannot change {', '.join(changed)}")
+    return TorchTrainConfig(**{**saved, **explicit}), checkpoint
+
+
+def model_config_for_run(config: TorchTrainConfig, data: TrainingData, checkpoint: dict | None):
+    """The GPTConfig: the flags' for a new model, the checkpoint's when starting from one."""
+    if checkpoint is None:
+        return config.model_config(data.vocab_size)
+    cfg = config_from_checkpoint(checkpoint)
+    where = checkpoint["path"]
+    if cfg.vocab_size < data.vocab_size:
+        raise CheckpointError(
+            f"'{where}' has a vocabulary of {cfg.vocab_size}, smaller than the data's "
+            f"{data.vocab_size}"
+        )
+    chars = checkpoint.get("meta", {}).get("chars")
+    if chars is not None and list(chars) != list(data.meta["chars"]):
+        raise CheckpointError(f"'{where}' was trained on another vocabulary than this data's")
+    if config.block_size > cfg.block_size:
+        raise CheckpointError(
+            f"--block_size {config.block_size} is longer than the context of '{where}' "
+            f"({cfg.block_size})"
+        )
+    if is_full_checkpoint(checkpoint) and config.init_from == "resume":
+        if checkpoint.get("data") != data_fingerprint(data):
+            raise CheckpointError(
+                f"'{where}' was trained on other data ({checkpoint.get('data')}); resume it "
+                f"with the same --text / --data_dir"
+            )
+    return dataclasses.replace(cfg, dropout=config.dropout)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config, checkpoint = config_for_run(argv)
+    resume = config.init_from == "resume"
+    ctx = distributed_from_env(config)
+    device = resolve_device(config.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    dtype = resolve_dtype(config.dtype, device)
+    if ctx.enabled:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        _train(config, checkpoint, resume, ctx, device, dtype)
+    finally:
+        if ctx.enabled:
+            dist.destroy_process_group()
+
+
+def _train(config, checkpoint, resume, ctx: Distributed, device, dtype) -> None:
+    if ctx.enabled and not ctx.is_master:
+        dist.barrier()  # rank 0 prepares the data folder first; the others then read it
+    data = load_training_data(config)
+    if ctx.enabled and ctx.is_master:
+        dist.barrier()
+    cfg = model_config_for_run(config, data, checkpoint)
+    if checkpoint is not None and not resume:  # the model's shape is the checkpoint's
+        shape = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu")}
+        config = dataclasses.replace(config, **shape)
+
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
         torch.backends.cudnn.allow_tf32 = True
     low_precision = dtype in (torch.bfloat16, torch.float16)
     param_dtype = torch.float32 if low_precision else dtype
     model = GPT(cfg, attention=config.attention).to(device=device, dtype=param_dtype)
-    # the NumPy trainer's init, drawn in float64 and rounded once to the parameters' dtype
-    model.load_numpy_params(init_params(cfg, seed=config.seed))
+    if checkpoint is None:  # the NumPy trainer's init, drawn in float64, rounded once
+        model.load_numpy_params(init_params(cfg, seed=config.seed))
+    else:
+        load_model_state(model, checkpoint)
+    if config.block_size < cfg.block_size:
+        model.crop_block_size(config.block_size)
     autocast = torch.autocast(device.type, dtype=dtype) if low_precision else None
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     optimizer = model.configure_optimizers(
@@ -162,38 +455,134 @@ def main(argv: Sequence[str] | None = None) -> None:
         device.type,
         fused=config.fused_adamw,
     )
+    streams = MicroBatchStreams(data, config, ctx.slots(config.gradient_accumulation_steps))
+    torch.manual_seed(config.seed + ctx.rank)  # dropout masks, different on each rank
+    state = LoopState()
+    if resume:
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            if scaler is not None and checkpoint.get("scaler") is not None:
+                scaler.load_state_dict(checkpoint["scaler"])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise CheckpointError(
+                f"'{checkpoint['path']}' has an optimizer state that does not fit: {error}"
+            ) from None
+        streams.load_state_dict(checkpoint["sampler"])
+        rng = checkpoint.get("rng") or []
+        if len(rng) == ctx.world_size:  # else a new world size: dropout streams start afresh
+            torch.set_rng_state(rng[ctx.rank]["torch"])
+            if device.type == "cuda" and rng[ctx.rank].get("cuda") is not None:
+                torch.cuda.set_rng_state(rng[ctx.rank]["cuda"], device)
+        state = LoopState(
+            iter_num=int(checkpoint["iter_num"]),
+            best_val_loss=float(checkpoint.get("best_val_loss", math.inf)),
+            last_saved_iter=int(checkpoint["iter_num"]),
+        )
+
     use_compile = device.type == "cuda" if config.compile is None else config.compile
-    step_model = torch.compile(model) if use_compile else model
+    compiled = torch.compile(model) if use_compile else model
+    step_model = compiled
+    if ctx.enabled:
+        # the causal mask is the only buffer and a constant: nothing to broadcast each forward
+        device_ids = [device.index] if device.type == "cuda" else None
+        step_model = DistributedDataParallel(
+            compiled, device_ids=device_ids, broadcast_buffers=False
+        )
+    peak, peak_source = resolve_peak_flops(config, device, dtype)
 
-    log = RunLog(config.out_dir, config)
-    print(
-        f"torch GPT, {model.get_num_params(non_embedding=False):,} parameters, on {device} "
-        f"({str(dtype).removeprefix('torch.')}, attention {config.attention}, "
-        f"compile {use_compile})"
+    log = RunLog(
+        config.out_dir, config, resume_iter=state.iter_num if resume else None, active=ctx.is_master
     )
-    train_loop(
-        config,
-        data,
-        log,
-        step=lambda micro, lr: train_step(
-            step_model, optimizer, micro, lr, config.grad_clip, autocast, scaler
-        ),
-        estimate_loss=lambda batches: estimate_loss(step_model, batches, autocast),
-        desc=f"torch {device.type}",
-    )
+    ckpt_path = log.out_dir / "ckpt.pt"
+    if ctx.is_master:
+        started = f"resumed at iteration {state.iter_num}" if resume else "from scratch"
+        if checkpoint is not None and not resume:
+            started = f"from the weights of {checkpoint['path']}"
+        print(
+            f"torch GPT, {model.get_num_params(non_embedding=False):,} parameters, on {device} "
+            f"({str(dtype).removeprefix('torch.')}, attention {config.attention}, compile "
+            f"{use_compile}, fused AdamW {optimizer.defaults.get('fused')}), {started}"
+            + (f", {ctx.world_size} processes" if ctx.enabled else "")
+        )
+        print(f"MFU against {peak / 1e12:.3g} TFLOP/s ({peak_source})")
 
-    checkpoint = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "model_args": cfg.to_dict(),
-        "iter_num": config.max_iters,
-        "config": asdict(config),
-    }
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    atomic_write_bytes(log.out_dir / "ckpt.pt", buffer.getvalue())
+    def save(loop_state: LoopState) -> None:
+        rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }
+        sampler_states = streams.state_dict()
+        rngs = [rng]
+        if ctx.enabled:  # rank 0 writes, holding every rank's batch streams and RNG
+            gathered: list[Any] = [None] * ctx.world_size
+            dist.all_gather_object(gathered, (sampler_states, rng))
+            sampler_states = {j: s for states, _ in gathered for j, s in states.items()}
+            rngs = [r for _, r in gathered]
+        if not ctx.is_master:
+            return
+        save_checkpoint(
+            ckpt_path,
+            {
+                "format": FORMAT,
+                "model": model.state_dict(),  # the bare model: no `_orig_mod.`, no `module.`
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "model_args": cfg.to_dict(),
+                "iter_num": loop_state.iter_num,
+                "best_val_loss": loop_state.best_val_loss,
+                "config": asdict(config),
+                "rng": rngs,
+                "sampler": sampler_states,
+                "data": data_fingerprint(data),
+                "meta": {"chars": list(data.meta["chars"]), "source": data.meta["source"]},
+            },
+        )
+
+    stop = StopSignal()
+
+    def stop_requested() -> bool:
+        if not ctx.enabled:
+            return stop.signum is not None
+        # every rank must stop at the same step, or the others would wait in an all-reduce
+        flag = torch.tensor([stop.signum or 0], device=device if device.type == "cuda" else None)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop.signum = int(flag.item()) or None
+        return stop.signum is not None
+
+    tokens_per_device = 1.0 / ctx.world_size
+    n_params = model.get_num_params()
+    with stop:
+        state = train_loop(
+            config,
+            data,
+            log,
+            step=lambda micro, lr: train_step(
+                step_model, optimizer, micro, lr, config.grad_clip, autocast, scaler
+            ),
+            estimate_loss=lambda batches: estimate_loss(compiled, batches, autocast),
+            desc=f"torch {device.type}",
+            streams=streams,
+            state=state,
+            save=None if config.eval_only else save,
+            stop_requested=stop_requested,
+            mfu=lambda tokens_per_second: mfu(
+                cfg, tokens_per_second * tokens_per_device, peak, n_params=n_params
+            ),
+            is_master=ctx.is_master,
+        )
+    if state.stopped:
+        name = signal.Signals(stop.signum).name
+        if ctx.is_master:
+            print(
+                f"stopped by {name} after iteration {state.iter_num}; saved {ckpt_path}; "
+                f"continue with --init_from resume --out_dir {config.out_dir}",
+                file=sys.stderr,
+            )
+        raise SystemExit(128 + stop.signum)
+    if not ctx.is_master or config.eval_only:
+        return
     figure = log.plot(f"torch GPT on {data.meta['source']} ({device.type})")
-    print(f"wrote {log.path}, {figure} and {log.out_dir / 'ckpt.pt'}")
+    print(f"wrote {log.path}, {figure} and {ckpt_path}")
     if config.sample_tokens:
         generator = torch.Generator(device=device).manual_seed(config.seed)
         start_ids = torch.zeros((1, 1), dtype=torch.long, device=device)  # token 0

@@ -1,0 +1,192 @@
+"""Sample text from a trained GPT: `python -m torch_impl.sample`.
+
+Loads a checkpoint (this trainer's, or nanoGPT's with its `meta.pkl`), encodes a prompt with the
+checkpoint's character vocabulary and prints `--num_samples` continuations, each drawn with
+temperature and top-k from one generator seeded by `--seed`, so a seed reproduces them. Tokens
+come from `GPT.generate`, whose KV cache makes a new token cost one attention row against the
+cached keys and values instead of a forward pass over the whole context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ref_numpy.data import decode, encode, load_meta
+from ref_numpy.training import parse_config, run_main
+from torch_impl.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
+from torch_impl.model import ATTENTION_BACKENDS, GPT
+from torch_impl.train import DTYPES, resolve_device, resolve_dtype
+
+SEPARATOR = "---------------"  # printed after each sample
+PROMPT_FILE_PREFIX = "FILE:"
+
+
+@dataclass
+class SampleConfig:
+    """The sampling options; names are nanoGPT's `sample.py` flags where it has them."""
+
+    out_dir: str = "out"  # reads out_dir/ckpt.pt, unless --ckpt names a file
+    ckpt: str | None = None
+    meta: str | None = None  # vocabulary for a checkpoint without one: meta.pkl or meta.json
+    start: str = "\n"  # the prompt; FILE:path reads it from a UTF-8 file
+    num_samples: int = 10
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # < 1 sharpens the distribution, > 1 flattens it
+    top_k: int | None = 200  # sample among the k likeliest tokens only (none: all)
+    seed: int = 1337
+    device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps
+    # auto: bfloat16 autocast on a GPU that has it, else float32. float32/float64 set the
+    # parameters' dtype; bfloat16/float16 keep float32 parameters and autocast the matmuls.
+    dtype: str = "auto"
+    kv_cache: bool = True
+    attention: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(
+                f"--temperature must be positive (--top_k 1 samples greedily), "
+                f"got {self.temperature}"
+            )
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"--top_k must be at least 1 (or none), got {self.top_k}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"--attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}"
+            )
+
+
+# ----------------------------------------------------------------------------- the vocabulary
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Reads dicts, strings and numbers; refuses any pickle that would import (and run) code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}; only plain data is read")
+
+
+def _chars_from_meta_pkl(path: Path) -> list[str]:
+    """The characters of a nanoGPT meta.pkl ({"itos": {id: char}, "stoi": {char: id}, ...})."""
+    try:
+        with open(path, "rb") as f:
+            meta = _PlainDataUnpickler(f).load()
+        itos = meta["itos"] if "itos" in meta else {i: c for c, i in meta["stoi"].items()}
+        return [itos[i] for i in range(len(itos))]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"'{path}' is not a nanoGPT meta.pkl with itos/stoi: {reason}") from None
+
+
+def _chars_from_meta_path(path: Path) -> list[str]:
+    """--meta: a meta.pkl, a data folder's meta.json, or a folder holding either."""
+    if path.is_dir():
+        path = path / "meta.json" if (path / "meta.json").is_file() else path / "meta.pkl"
+    if not path.is_file():
+        raise ValueError(f"--meta: no file at '{path}'")
+    if path.name == "meta.json":
+        return list(load_meta(path.parent)["chars"])
+    if path.suffix == ".pkl":
+        return _chars_from_meta_pkl(path)
+    raise ValueError(f"--meta must name a nanoGPT meta.pkl or a data folder's meta.json: '{path}'")
+
+
+def vocabulary(checkpoint: dict[str, Any], meta_path: str | None, vocab_size: int) -> list[str]:
+    """The model's characters, token id i being chars[i]: from --meta, else from the checkpoint."""
+    if meta_path is not None:
+        chars, source = _chars_from_meta_path(Path(meta_path)), f"'{meta_path}'"
+    elif isinstance(checkpoint.get("meta"), dict) and "chars" in checkpoint["meta"]:
+        chars, source = list(checkpoint["meta"]["chars"]), f"the meta of '{checkpoint['path']}'"
+    else:
+        raise ValueError(
+            f"'{checkpoint['path']}' carries no vocabulary (nanoGPT's checkpoints do not); "
+            "pass --meta with a nanoGPT meta.pkl, a data folder's meta.json, or the folder"
+        )
+    # encode() looks characters up by binary search, and one id per character needs no repeats
+    if not all(isinstance(c, str) and len(c) == 1 for c in chars) or chars != sorted(set(chars)):
+        raise ValueError(f"the vocabulary in {source} is not a sorted list of distinct characters")
+    if len(chars) != vocab_size:
+        raise ValueError(
+            f"the vocabulary in {source} has {len(chars)} characters but the model's vocab_size "
+            f"is {vocab_size}; use the meta of the data the model was trained on"
+        )
+    return chars
+
+
+# ----------------------------------------------------------------------------- the prompt
+def read_prompt(start: str) -> str:
+    """--start as given, or the text of the file that `FILE:path` names."""
+    if start.startswith(PROMPT_FILE_PREFIX):
+        path = Path(start.removeprefix(PROMPT_FILE_PREFIX))
+        try:
+            start = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read the prompt file '{path}': {error}") from None
+    if not start:
+        raise ValueError("--start is empty; the model needs at least one character to continue")
+    return start
+
+
+def encode_prompt(prompt: str, chars: list[str]) -> np.ndarray:
+    """Token ids (int64) of the prompt; a character outside the vocabulary is a one-line error."""
+    known = set(chars)
+    for position, char in enumerate(prompt):
+        if char not in known:
+            raise ValueError(
+                f"the prompt's character {char!r} (U+{ord(char):04X}) at position {position} is "
+                f"not in the model's vocabulary of {len(chars)} characters; leave it out"
+            )
+    return encode(prompt, chars).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- sampling
+def load_model(
+    checkpoint: dict[str, Any], attention: str, device: torch.device, dtype: torch.dtype
+) -> GPT:
+    """The checkpoint's GPT in eval mode on `device`, parameters in float32 or float64."""
+    model = GPT(config_from_checkpoint(checkpoint), attention=attention)
+    load_model_state(model, checkpoint)
+    low_precision = dtype in (torch.bfloat16, torch.float16)
+    return model.to(device=device, dtype=torch.float32 if low_precision else dtype).eval()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_config(SampleConfig, argv, __doc__.splitlines()[0])
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    checkpoint = load_checkpoint(config.ckpt if config.ckpt is not None else config.out_dir)
+    model = load_model(checkpoint, config.attention, device, dtype)
+    chars = vocabulary(checkpoint, config.meta, model.config.vocab_size)
+    start_ids = encode_prompt(read_prompt(config.start), chars)
+    idx = torch.from_numpy(start_ids).to(device)[None, :]  # (1, T)
+
+    low_precision = dtype in (torch.bfloat16, torch.float16)
+    autocast = torch.autocast(device.type, dtype=dtype) if low_precision else None
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    for _ in range(config.num_samples):
+        # one generator for all samples: sample i is the same whatever --num_samples is
+        with autocast or contextlib.nullcontext():
+            out = model.generate(
+                idx,
+                config.max_new_tokens,
+                config.temperature,
+                config.top_k,
+                generator=generator,
+                kv_cache=config.kv_cache,
+            )
+        print(decode(out[0].tolist(), chars))
+        print(SEPARATOR, flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)
