@@ -6,6 +6,7 @@ than the run); the kill, signal, DDP and exit-code tests run it as a user does, 
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -397,3 +398,85 @@ def test_ddp_two_ranks_equal_one_process_accumulating(corpus_dir, tmp_path):
     ddp, straight = losses(tmp_path / "ddp"), losses(tmp_path / "straight")
     assert [i for i, _ in ddp] == list(range(10))
     assert [v for _, v in ddp] == pytest.approx([v for _, v in straight], rel=1e-12, abs=0)
+
+
+def test_eval_only_evaluates_a_checkpoint_and_writes_nothing(corpus_dir, tmp_path):
+    out = tmp_path / "out"
+    main([*SMALL, "--data_dir", str(corpus_dir), "--max_iters", "3", "--out_dir", str(out)])
+    before = (out / "ckpt.pt").read_bytes()
+    last_eval = evals(out)[-1]
+    main(["--init_from", "resume", "--eval_only", "true", "--out_dir", str(out)])
+    assert (out / "ckpt.pt").read_bytes() == before
+    assert evals(out)[-1] == last_eval  # the same weights, the same fixed evaluation batches
+    assert records(out)[-2]["resumed_at"] == 3
+
+
+def test_float16_trains_with_a_grad_scaler_and_resumes(corpus_dir, tmp_path):
+    out = tmp_path / "out"
+    flags = [*SMALL, "--data_dir", str(corpus_dir), "--dtype", "float16", "--out_dir", str(out)]
+    main([*flags, "--max_iters", "3"])
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["scaler"] is not None and ckpt["scaler"]["scale"] > 0
+    main(["--init_from", "resume", "--max_iters", "5", "--out_dir", str(out)])
+    assert [i for i, _ in losses(out)] == list(range(5))
+    assert all(math.isfinite(v) for _, v in losses(out))
+
+
+# ----------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gpu_run_with_every_optimization_trains_and_resumes(corpus_dir, tmp_path, dtype):
+    """bf16 (or fp16 + GradScaler) autocast, torch.compile, flash attention and fused AdamW."""
+    out = tmp_path / "out"
+    flags = [
+        "--device",
+        "cuda",
+        "--dtype",
+        dtype,
+        "--compile",
+        "true",
+        "--attention",
+        "sdpa",
+        "--fused_adamw",
+        "true",
+        "--batch_size",
+        "16",
+        "--block_size",
+        "128",
+        "--n_layer",
+        "2",
+        "--n_head",
+        "4",
+        "--n_embd",
+        "128",
+        "--eval_interval",
+        "20",
+        "--eval_iters",
+        "4",
+        "--log_interval",
+        "1",
+        "--learning_rate",
+        "2e-3",
+        "--min_lr",
+        "2e-4",
+        "--warmup_iters",
+        "5",
+        "--lr_decay_iters",
+        "60",
+        "--sample_tokens",
+        "20",
+        "--data_dir",
+        str(corpus_dir),
+        "--out_dir",
+        str(out),
+    ]
+    main([*flags, "--max_iters", "40"])
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
+    assert ckpt["rng"][0]["cuda"] is not None
+    main(["--init_from", "resume", "--max_iters", "60", "--out_dir", str(out)])
+    steps, points = losses(out), evals(out)
+    assert [i for i, _ in steps] == list(range(60))
+    assert all(math.isfinite(v) for _, v in steps)
+    assert points[-1][2] < points[0][2] - 0.5  # val loss: from ~4.4 (uniform) well down
+    assert any("mfu" in r for r in records(out))
