@@ -2,8 +2,15 @@
 against a number: timings are measured, not tested)."""
 
 import pytest
+import torch
 
-from torch_impl.bench_adamw import IMPLEMENTATIONS, compare_adamw, saved_gpu_results, time_adamw
+from torch_impl.bench_adamw import (
+    IMPLEMENTATIONS,
+    adamw_section,
+    compare_adamw,
+    saved_gpu_results,
+    time_adamw,
+)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -19,6 +26,18 @@ def test_compare_adamw_times_every_implementation():
     results = compare_adamw(5_000, steps=1, warmup=0)
     assert set(results) == set(IMPLEMENTATIONS)
     assert all(run["seconds_per_step"] > 0 for run in results.values())
+
+
+def test_compare_adamw_takes_the_shapes_of_a_model():
+    results = compare_adamw(None, ("fused",), steps=1, warmup=0, shapes=[(10, 20), (5,)])
+    assert results["fused"]["n_params"] == 10 * 20 + 5
+
+
+def test_adamw_section_gives_speedups_over_the_for_loop():
+    runs = adamw_section(torch.device("cpu"), quick=True, steps=1, warmup=0)
+    assert [run["implementation"] for run in runs] == list(IMPLEMENTATIONS)
+    assert runs[0]["speedup_over_for_loop"] == 1.0
+    assert all(run["speedup_over_for_loop"] > 0 for run in runs)
 
 
 def test_unknown_implementation_is_refused():

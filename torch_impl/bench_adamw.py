@@ -1,6 +1,6 @@
 """torch's three AdamW implementations timed on one device: for-loop, foreach and fused.
 
-`python -m torch_impl.bench_adamw [--n_params 20000000] [--steps 20] [--warmup 3] [--device cpu]`
+The "adamw" section of `python -m torch_impl.bench` (`--sections adamw`).
 
 AdamW is elementwise, so a step is bound by memory traffic, not arithmetic. The for-loop path
 launches a handful of operations per tensor, the foreach path the same operations batched over
@@ -9,48 +9,48 @@ bytes per float32 parameter (`ref_numpy.optimizer_cost.adamw_single_pass`). The 
 bandwidth reported is that fused byte count over the measured step time, for every
 implementation, so it says how close each comes to moving only what a fused step must move.
 All implementations are timed in one process, their steps interleaved (the machines are shared
-and noisy); times are
-printed and saved, never asserted.
+and noisy); times are printed and saved, never asserted.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import platform
 import statistics
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ref_numpy.gpt import param_shapes
+from torch_impl.bench_timing import GPT2_124M, REPO, interleaved_times
+
 IMPLEMENTATIONS = ("for-loop", "foreach", "fused")
 FUSED_READS_WRITES = 7  # p, g, m, v read once; p, m, v written once
-REPO = Path(__file__).resolve().parents[1]
 # A GPT-like spread of tensor sizes: a few large matrices and many small vectors.
 TENSOR_SHAPE_FRACTIONS = (0.3, 0.2, 0.2, 0.15, 0.15)
 SMALL_TENSORS = 24
+QUICK_PARAMS = 5_000  # --quick: enough to run every code path
 
 
-def _parameters(n_params: int, dtype: torch.dtype, device: str, seed: int) -> list[torch.Tensor]:
-    """About `n_params` parameters with random gradients: five large tensors and 24 small ones."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+def _spread_shapes(n_params: int) -> list[tuple[int, ...]]:
+    """About `n_params` parameters as five large tensors and 24 small ones."""
     small = max(1, n_params // 1000)
     sizes = [int(f * (n_params - SMALL_TENSORS * small)) for f in TENSOR_SHAPE_FRACTIONS]
-    sizes += [small] * SMALL_TENSORS
+    return [(max(size, 1),) for size in sizes + [small] * SMALL_TENSORS]
+
+
+def _parameters(
+    shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, device: str, seed: int
+) -> list[torch.Tensor]:
+    """Parameters of the given shapes with random values and random gradients."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     params = []
-    for size in sizes:
-        p = torch.randn(max(size, 1), generator=generator, dtype=dtype).to(device)
+    for shape in shapes:
+        p = torch.randn(shape, generator=generator, dtype=dtype).to(device)
         p.requires_grad_(True)
         p.grad = torch.randn(p.shape, generator=generator, dtype=dtype).to(device)
         params.append(p)
     return params
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _optimizer(params: list[torch.Tensor], implementation: str) -> torch.optim.AdamW:
@@ -80,59 +80,70 @@ def _report(implementation: str, params: list[torch.Tensor], times: list[float])
 
 
 def time_adamw(
-    n_params: int,
+    n_params: int | None,
     implementation: str,
     steps: int = 20,
     warmup: int = 3,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     seed: int = 0,
+    shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> dict:
     """Median seconds per `torch.optim.AdamW.step` over `steps` steps (after `warmup`).
 
-    `implementation`: "for-loop" (foreach=False), "foreach" or "fused". Returns the median,
-    every step's time, the parameter count and the effective bandwidth in GB/s, computed from
-    the fused byte count (7 accesses of `dtype`'s size per parameter: 28 B for float32).
+    `implementation`: "for-loop" (foreach=False), "foreach" or "fused". The parameters are the
+    tensors of `shapes` (a GPT's, say) or, without it, about `n_params` in a GPT-like spread.
+    Returns the median, every step's time, the parameter count and the effective bandwidth in
+    GB/s, computed from the fused byte count (7 accesses of `dtype`'s size per parameter: 28 B
+    for float32).
     """
-    return compare_adamw(n_params, (implementation,), steps, warmup, dtype, device, seed)[
-        implementation
-    ]
+    runs = compare_adamw(n_params, (implementation,), steps, warmup, dtype, device, seed, shapes)
+    return runs[implementation]
 
 
 def compare_adamw(
-    n_params: int,
+    n_params: int | None,
     implementations: tuple[str, ...] = IMPLEMENTATIONS,
     steps: int = 20,
     warmup: int = 3,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     seed: int = 0,
+    shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> dict[str, dict]:
     """`time_adamw` for several implementations at once, their steps interleaved (round-robin),
     so that a burst of load on a shared machine hits all of them alike. Each implementation
-    has its own copy of the same parameters and gradients."""
+    has its own copy of the same parameters and gradients. On a GPU the steps are timed with
+    CUDA events (`torch_impl.bench_timing.interleaved_times`)."""
+    if shapes is None:
+        if n_params is None:
+            raise ValueError("give n_params or shapes")
+        shapes = _spread_shapes(n_params)
     optimizers = {}
     for name in implementations:
-        params = _parameters(n_params, dtype, device, seed)
+        params = _parameters(shapes, dtype, device, seed)
         optimizers[name] = (params, _optimizer(params, name))
-    times = {name: [] for name in implementations}
     with torch.no_grad():
-        for step in range(warmup + steps):
-            for name, (_, optimizer) in optimizers.items():
-                _synchronize(device)
-                start = time.perf_counter()
-                optimizer.step()
-                _synchronize(device)
-                if step >= warmup:
-                    times[name].append(time.perf_counter() - start)
+        times = interleaved_times(
+            {name: optimizer.step for name, (_, optimizer) in optimizers.items()},
+            steps,
+            warmup,
+            torch.device(device),
+        )
     return {name: _report(name, optimizers[name][0], times[name]) for name in implementations}
 
 
-def device_name(device: str) -> str:
-    """A short name for file names and tables: the GPU's name, or the CPU architecture."""
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device).replace(" ", "_")
-    return platform.machine()
+def adamw_section(device: torch.device, quick: bool, steps: int, warmup: int) -> list[dict]:
+    """The benchmark's AdamW section: every implementation on the parameters of GPT-2 124M
+    (its 148 tensors, 124M float32 numbers), or a few thousand with `quick`."""
+    shapes = None if quick else list(param_shapes(GPT2_124M).values())
+    runs = compare_adamw(
+        QUICK_PARAMS, IMPLEMENTATIONS, steps, warmup, device=str(device), shapes=shapes
+    )
+    baseline = runs["for-loop"]["seconds_per_step"]
+    for run in runs.values():
+        run["speedup_over_for_loop"] = baseline / run["seconds_per_step"]
+    return list(runs.values())
 
 
 def saved_gpu_results(results_dir: Path = REPO / "results") -> list[dict]:
@@ -146,51 +157,3 @@ def saved_gpu_results(results_dir: Path = REPO / "results") -> list[dict]:
         if isinstance(report, dict) and "adamw" in report and report.get("device_type") == "cuda":
             reports.append({**report, "path": str(path)})
     return reports
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n_params", type=int, default=20_000_000)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="default results/bench_adamw_<device>.json"
-    )
-    args = parser.parse_args(argv)
-    if args.n_params < 1000 or args.steps < 1 or args.warmup < 0:
-        parser.error("need --n_params >= 1000, --steps >= 1 and --warmup >= 0")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but this torch sees no CUDA GPU; use --device cpu")
-    runs = list(
-        compare_adamw(
-            args.n_params, IMPLEMENTATIONS, args.steps, args.warmup, device=args.device
-        ).values()
-    )
-    baseline = runs[0]["seconds_per_step"]
-    print(f"AdamW step, {runs[0]['n_params']:,} float32 parameters on {device_name(args.device)}")
-    print(f"{'implementation':<15}{'ms/step':>10}{'GB/s (28 B/param)':>20}{'vs for-loop':>13}")
-    for run in runs:
-        print(
-            f"{run['implementation']:<15}{run['seconds_per_step'] * 1e3:>10.2f}"
-            f"{run['effective_bandwidth_gb_s']:>20.1f}{baseline / run['seconds_per_step']:>12.2f}x"
-        )
-    name = device_name(args.device)
-    out = args.out or REPO / "results" / f"bench_adamw_{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "one torch.optim.AdamW step: for-loop vs foreach vs fused",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": name,
-        "device_type": torch.device(args.device).type,
-        "cpu_count": torch.get_num_threads(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "adamw": runs,
-    }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,23 +1,18 @@
 """One training step on the CPU, NumPy reference against torch eager, both float32.
 
-`python -m torch_impl.bench_cpu [--steps 20] [--warmup 3] [--out results/bench_cpu.json]`
-
-A step is forward, backward, gradient clipping and the AdamW update, on the default training
-configuration, in one process (the same machine state for both sides). Prints the median step
-time of each side, their ratio, and where the NumPy time goes (a profile of its functions), and
-saves all of it as JSON. Times are measured, never asserted.
+The "numpy" section of `python -m torch_impl.bench` (`--sections numpy`; on by default on the
+CPU). A step is forward, backward, gradient clipping and the AdamW update, on the default
+training configuration (`ref_numpy.training.TrainConfig`), through each trainer's own
+`train_step`, the two sides' steps interleaved in one process. Reports the median step time of
+each side, their ratio, and where the NumPy time goes (a profile of its functions). Times are
+measured, never asserted.
 """
 
 from __future__ import annotations
 
-import argparse
 import cProfile
-import datetime
-import json
-import platform
 import pstats
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,24 +24,13 @@ from ref_numpy.allocator import keep_freed_memory
 from ref_numpy.gpt import init_params
 from ref_numpy.train import train_step as numpy_train_step
 from ref_numpy.training import TrainConfig
+from torch_impl.bench_timing import interleaved_times
 from torch_impl.model import GPT
 from torch_impl.train import train_step as torch_train_step
 
 VOCAB_SIZE = 84  # the Shakespeare characters
-REPO = Path(__file__).resolve().parents[1]
-
-
-def median_seconds(
-    step: Callable[[], object], steps: int, warmup: int
-) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+# --quick: one narrow layer, a short context and a small batch; every code path, in a blink
+QUICK_CONFIG = TrainConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4)
 
 
 def numpy_profile(step: Callable[[], object], steps: int, top: int = 12) -> list[dict]:
@@ -68,15 +52,12 @@ def numpy_profile(step: Callable[[], object], steps: int, top: int = 12) -> list
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_cpu.json")
-    args = parser.parse_args()
-    allocator_tuned = keep_freed_memory()  # as ref_numpy.train does; both sides run under it
-
-    config = TrainConfig()
+def numpy_section(quick: bool, steps: int, warmup: int) -> dict:
+    """The NumPy float32 training step against torch eager float32, same model, batch and
+    initial parameters, on the CPU (whatever device the rest of the benchmark runs on)."""
+    # as ref_numpy.train does; a process-wide setting, so both sides run under it
+    allocator_tuned = keep_freed_memory()
+    config = QUICK_CONFIG if quick else TrainConfig()
     cfg = config.model_config(VOCAB_SIZE)
     rng = np.random.default_rng(0)
     x = rng.integers(0, VOCAB_SIZE, size=(config.batch_size, config.block_size))
@@ -104,47 +85,27 @@ def main() -> None:
             model, torch_optimizer, [(x, y)], config.learning_rate, config.grad_clip
         )
 
-    numpy_median, numpy_times = median_seconds(numpy_step, args.steps, args.warmup)
-    torch_median, torch_times = median_seconds(torch_step, args.steps, args.warmup)
-    profile = numpy_profile(numpy_step, max(args.steps // 2, 1))
+    times = interleaved_times(
+        {"numpy": numpy_step, "torch": torch_step}, steps, warmup, torch.device("cpu")
+    )
+    numpy_median, torch_median = (statistics.median(times[side]) for side in ("numpy", "torch"))
     tokens = config.batch_size * config.block_size
-    result = {
+    return {
         "benchmark": "one float32 training step on the CPU: NumPy reference vs torch eager",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": platform.processor() or platform.machine(),
-        "cpu_count": torch.get_num_threads(),
-        "versions": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "torch": torch.__version__,
-        },
         "config": {**cfg.to_dict(), "batch_size": config.batch_size},
         "torch_optimizer": "fused AdamW"
         if torch_optimizer.defaults.get("fused")
         else "foreach AdamW",
-        "steps": args.steps,
+        "steps": steps,
+        "warmup": warmup,
         "allocator_keeps_freed_memory": allocator_tuned,
+        "tokens_per_step": tokens,
         "numpy_step_seconds": numpy_median,
         "torch_step_seconds": torch_median,
         "numpy_over_torch": numpy_median / torch_median,
         "numpy_tokens_per_second": tokens / numpy_median,
         "torch_tokens_per_second": tokens / torch_median,
-        "numpy_step_times": numpy_times,
-        "torch_step_times": torch_times,
-        "numpy_profile": profile,
+        "numpy_step_times": times["numpy"],
+        "torch_step_times": times["torch"],
+        "numpy_profile": numpy_profile(numpy_step, max(steps // 2, 1)),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-
-    print(f"config: {cfg}, batch {config.batch_size}; {tokens} tokens/step, median of {args.steps}")
-    for name, median in (("NumPy float32", numpy_median), ("torch eager float32", torch_median)):
-        print(f"{name:20s}{median * 1e3:8.1f} ms/step  {tokens / median:10,.0f} tokens/s")
-    print(f"NumPy / torch: {numpy_median / torch_median:.2f}x")
-    print("where the NumPy step spends its time (own time per function):")
-    for row in profile:
-        print(f"  {row['share']:6.1%}  {row['seconds_per_step'] * 1e3:7.2f} ms  {row['function']}")
-    print(f"saved {args.out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -69,17 +69,34 @@ def torch_run(
     seed: int,
     dtype: torch.dtype,
     accumulation: int = 1,
+    *,
+    device: str | torch.device = "cpu",
+    autocast: torch.dtype | None = None,
+    attention: str = "sdpa",
+    fused: bool = True,
+    compile_model: bool = False,
 ) -> tuple[np.ndarray, GPT]:
-    """Losses of `steps` torch training steps in `dtype` (same init and batches), and the model."""
-    model = GPT(cfg, attention="sdpa").to(dtype)
+    """Losses of `steps` torch training steps (same init and batches as `numpy_run`), and the model.
+
+    The parameters are held in `dtype` on `device`; with `autocast` (torch.bfloat16, say) the
+    forward runs under autocast to it, as `torch_impl.train` does on a GPU. `attention` picks the
+    model's attention path, `fused` fused AdamW (else foreach), `compile_model` torch.compile.
+    The model returned is the uncompiled one (its parameters are the trained ones either way).
+    """
+    device = torch.device(device)
+    model = GPT(cfg, attention=attention).to(device=device, dtype=dtype)
     model.load_numpy_params(init_params(cfg, seed=seed))  # cast to the model's dtype
-    optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, "cpu", fused=True)
+    optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, device.type, fused=fused)
+    step_model = torch.compile(model) if compile_model else model
+    context = torch.autocast(device.type, dtype=autocast) if autocast is not None else None
     sampler = BatchSampler(data, cfg.block_size, batch_size, seed=seed)
     losses = []
     for it in range(steps):
         lr = get_lr(it, LR, WARMUP, steps, MIN_LR)
         micro = [sampler.next_batch() for _ in range(accumulation)]
-        losses.append(torch_train_step(model, optimizer, micro, lr, GRAD_CLIP)[0])
+        losses.append(
+            torch_train_step(step_model, optimizer, micro, lr, GRAD_CLIP, autocast=context)[0]
+        )
     return np.array(losses, dtype=np.float64), model
 
 

@@ -227,21 +227,21 @@ def estimate_loss(model, batches: dict[str, list], autocast=None) -> dict[str, f
 
 # ----------------------------------------------------------------------------- MFU
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
-    """FLOP/s of an n x n x n torch matmul here (best of 3 after a warm-up): the MFU denominator
+    """FLOP/s of an n x n x n torch matmul here (best of 5 after two warm-ups): the MFU denominator
     where no datasheet peak is known, i.e. what this device can reach, not what it is sold at."""
     n = n or (8192 if device.type == "cuda" else 1024)
     generator = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG alone
     a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     best = math.inf
-    for i in range(4):
+    for i in range(7):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if i > 0:  # the first is the warm-up
+        if i > 1:  # the first two are warm-ups (thread pools, caches, clocks)
             best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
