@@ -17,14 +17,13 @@ from ref_numpy.allocator import keep_freed_memory
 from ref_numpy.data import decode
 from ref_numpy.gpt import GPTConfig, backward, forward, init_params
 from ref_numpy.layers import NAIVE_ATTENTION, Attention
+from ref_numpy.options import parse_config, run_main
 from ref_numpy.sample import generate
 from ref_numpy.training import (
     RunLog,
     TrainConfig,
     atomic_write_bytes,
     load_training_data,
-    parse_config,
-    run_main,
     train_loop,
 )
 

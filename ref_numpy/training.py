@@ -1,5 +1,6 @@
 """What the NumPy and the torch trainers share: the training configuration and its command line,
-the data set-up, the fixed evaluation batches, the JSONL log and the loss-curve figure.
+the data set-up, the batch streams, the fixed evaluation batches, the JSONL log and the loss-curve
+figure, and the training loop. The command line itself is `ref_numpy.options`.
 
 The math of a training step lives in each trainer; everything here is bookkeeping, written once
 so that the two trainers cannot drift apart in how they read flags, draw batches or log.
@@ -7,19 +8,13 @@ so that the two trainers cannot drift apart in how they read flags, draw batches
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
 import json
 import math
 import os
-import sys
 import time
-import tomllib
-import types
-import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +23,7 @@ from tqdm import tqdm
 
 from ref_numpy.config import GPTConfig
 from ref_numpy.data import BatchSampler, DataError, default_data_dir, ensure_prepared, load_split
+from ref_numpy.options import TrainingFailed
 from ref_numpy.schedule import get_lr
 
 EVAL_SEED_OFFSET = 10_000  # evaluation batches use their own stream, apart from training's
@@ -120,137 +116,6 @@ class TrainConfig:
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir is not None else default_data_dir(self.text)
-
-
-# ----------------------------------------------------------------------------- command line
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _optional_inner(annotation: Any) -> Any | None:
-    """X for an `X | None` annotation, else None."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
-        return next(a for a in args if a is not type(None))
-    return None
-
-
-def _parser_for(annotation: Any) -> Callable[[str], Any]:
-    """The argparse `type` for a dataclass field annotation (str, int, float, bool, X | None)."""
-    inner = _optional_inner(annotation)
-    if inner is not None:
-        parse_inner = _parser_for(inner)
-        return lambda text: None if text.lower() == "none" else parse_inner(text)
-    if annotation is bool:
-        return _parse_bool
-    return annotation
-
-
-def _type_name(annotation: Any) -> str:
-    inner = _optional_inner(annotation)
-    return f"{inner.__name__} or none" if inner is not None else annotation.__name__
-
-
-def _checked_value(name: str, value: Any, annotation: Any, source: str) -> Any:
-    """A config-file value of the field's type; ints are accepted for floats, nothing else is
-    converted (a quoted "3" for an int is a mistake in the file, not a 3)."""
-    inner = _optional_inner(annotation)
-    if inner is not None:
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            return None
-        annotation = inner
-    if annotation is bool and isinstance(value, bool):
-        return value
-    if annotation is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if annotation is str and isinstance(value, str):
-        return value
-    raise ValueError(f"{source}: {name} must be {_type_name(annotation)}, got {value!r}")
-
-
-def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
-    """The options in a TOML or JSON file, checked against the fields of `cls`.
-
-    A flat table of option names, as on the command line: `batch_size = 64`, `bias = false`.
-    TOML has no null; write "none" for an option whose default is None.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file '{path}' does not exist")
-    readers = {".toml": (tomllib.loads, tomllib.TOMLDecodeError), ".json": (json.loads, ValueError)}
-    if path.suffix.lower() not in readers:
-        raise ValueError(f"config file '{path}' must end in .toml or .json")
-    loads, error_type = readers[path.suffix.lower()]
-    try:
-        values = loads(path.read_text(encoding="utf-8"))
-    except (error_type, UnicodeDecodeError) as error:
-        raise ValueError(f"config file '{path}' does not parse: {error}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"config file '{path}' must hold a table of options")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    for key in values:
-        if key not in hints or key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"config file '{path}': unknown option {key!r}{hint}")
-    return {k: _checked_value(k, v, hints[k], f"config file '{path}'") for k, v in values.items()}
-
-
-def read_overrides(cls: type, argv: Sequence[str] | None, description: str) -> dict[str, Any]:
-    """The options a user set: `--config FILE` (TOML or JSON), then `--key value` / `--key=value`
-    flags, which win. Options left unset are absent, so that defaults can depend on the device
-    or, on resume, come from the checkpoint."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--config", metavar="FILE", default=None, help="a TOML or JSON file of options"
-    )
-    hints = typing.get_type_hints(cls)
-    for field in fields(cls):
-        annotation = hints[field.name]
-        parser.add_argument(
-            f"--{field.name}",
-            type=_parser_for(annotation),
-            default=argparse.SUPPRESS,
-            metavar=annotation.__name__ if isinstance(annotation, type) else "VALUE",
-            help=f"(default: {field.default})",
-        )
-    flags = vars(parser.parse_args(argv))
-    config_file = flags.pop("config")
-    from_file = read_config_file(cls, config_file) if config_file is not None else {}
-    return {**from_file, **flags}
-
-
-def parse_config(cls: type, argv: Sequence[str] | None, description: str) -> Any:
-    """Build `cls` (a TrainConfig dataclass) from a config file and flags over its defaults."""
-    return cls(**read_overrides(cls, argv, description))
-
-
-class TrainingFailed(RuntimeError):
-    """Training stopped on its own (a non-finite loss): exit code 1, the last checkpoint kept."""
-
-
-def run_main(main: Callable[[], None]) -> None:
-    """Run a command-line program: errors a user can cause end in one line and exit code 2;
-    a run that fails (diverges) ends in one line and exit code 1."""
-    try:
-        main()
-    except (DataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingFailed as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 # ----------------------------------------------------------------------------- data

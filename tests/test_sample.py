@@ -22,7 +22,7 @@ import torch
 
 from ref_numpy.config import GPTConfig
 from ref_numpy.gpt import init_params
-from ref_numpy.training import run_main
+from ref_numpy.options import run_main
 from tests.numerics import rel_error
 from torch_impl.checkpoint import FORMAT, save_checkpoint
 from torch_impl.model import GPT

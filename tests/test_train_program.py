@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ref_numpy.training import read_config_file, read_overrides
+from ref_numpy.options import read_config_file, read_overrides
 from torch_impl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from torch_impl.model import GPT
 from torch_impl.train import TorchTrainConfig, main

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
-from ref_numpy.training import run_main
+from ref_numpy.options import run_main
 from torch_impl.bench_adamw import adamw_section
 from torch_impl.bench_attention import attention_section
 from torch_impl.bench_cpu import numpy_section
 from torch_impl.bench_timing import REPO, device_label, environment
 from torch_impl.bench_train import train_section
-from torch_impl.train import resolve_device
+from torch_impl.runtime import resolve_device
 
 SECTIONS = ("train", "attention", "adamw", "numpy")
 # (timed steps, warm-up steps) per kind of run; --steps and --warmup override them

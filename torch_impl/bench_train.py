@@ -39,7 +39,8 @@ from torch_impl.bench_timing import (
     peak_memory_bytes,
 )
 from torch_impl.model import ATTENTION_BACKENDS, GPT
-from torch_impl.train import matmul_ceiling, resolve_dtype, train_step
+from torch_impl.runtime import matmul_ceiling, resolve_dtype
+from torch_impl.train import train_step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,13 +37,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ref_numpy.data import DEFAULT_DATA_DIR, BatchSampler, ensure_prepared, load_split
+from ref_numpy.options import run_main
 from ref_numpy.train import estimate_loss as numpy_estimate_loss
-from ref_numpy.training import EVAL_SEED_OFFSET, run_main
+from ref_numpy.training import EVAL_SEED_OFFSET
 from torch_impl.bench import format_table
 from torch_impl.bench_timing import REPO, device_label, environment
 from torch_impl.cross_check import numpy_run, small_config, torch_run
+from torch_impl.runtime import resolve_device
 from torch_impl.train import estimate_loss as torch_estimate_loss
-from torch_impl.train import resolve_device
 
 # The most that rounding one number to the precision changes it, relative: 2^-p for a p-bit
 # significand (bf16 keeps 8 bits, float32 24).

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from ref_numpy.data import decode, encode, load_meta
-from ref_numpy.training import parse_config, run_main
+from ref_numpy.options import parse_config, run_main
 from torch_impl.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
 from torch_impl.model import ATTENTION_BACKENDS, GPT
-from torch_impl.train import DTYPES, resolve_device, resolve_dtype
+from torch_impl.runtime import DTYPES, resolve_device, resolve_dtype
 
 SEPARATOR = "---------------"  # printed after each sample
 PROMPT_FILE_PREFIX = "FILE:"

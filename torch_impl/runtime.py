@@ -1,0 +1,170 @@
+"""Where and how a torch run executes: the device and precision asked for, the MFU denominator,
+the process's place in a torchrun job, and the signals that ask a run to stop.
+
+Shared by the trainer, the sampler and the benchmarks, so that `--device` and `--dtype` mean the
+same thing in each.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ref_numpy.flops import peak_flops_for
+
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps asked for, but MPS is not available; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    dtype = DTYPES[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bfloat16; use --dtype float16 or float32")
+    if dtype == torch.float64 and device.type == "mps":
+        raise ValueError("MPS has no float64; use --dtype float32")
+    return dtype
+
+
+# ----------------------------------------------------------------------------- MFU
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
+    """FLOP/s of an n x n x n torch matmul here (best of 5 after two warm-ups): the MFU denominator
+    where no datasheet peak is known, i.e. what this device can reach, not what it is sold at."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    generator = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG alone
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    best = math.inf
+    for i in range(7):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i > 1:  # the first two are warm-ups (thread pools, caches, clocks)
+            best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def resolve_peak_flops(
+    peak_flops: float | None, device: torch.device, dtype: torch.dtype
+) -> tuple[float, str]:
+    """The MFU denominator and where it came from: --peak_flops; the GPU's datasheet peak in the
+    precision its matmuls run in (bf16, fp16, TF32 for float32); else a measured ceiling."""
+    if peak_flops is not None:
+        return peak_flops, "--peak_flops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        key = {
+            torch.bfloat16: "bf16",
+            torch.float16: "fp16",
+            torch.float32: "tf32" if tf32 else "fp32",
+        }
+        peak = peak_flops_for(name, key[dtype]) if dtype in key else None
+        if peak is not None:
+            return peak, f"{name} datasheet {key[dtype]} peak"
+    ceiling = matmul_ceiling(device, dtype)
+    return ceiling, f"measured {str(dtype).removeprefix('torch.')} matmul on {device.type}"
+
+
+# ----------------------------------------------------------------------------- processes
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    def slots(self, n_slots: int) -> range:
+        """The gradient-accumulation slots (batch streams) this rank runs."""
+        per_rank = n_slots // self.world_size
+        return range(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+
+def distributed_from_env(gradient_accumulation_steps: int) -> Distributed:
+    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python -m` run sets none."""
+    if "RANK" not in os.environ:
+        return Distributed()
+    ctx = Distributed(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    )
+    if gradient_accumulation_steps % ctx.world_size:
+        raise ValueError(
+            f"--gradient_accumulation_steps ({gradient_accumulation_steps}) must be a "
+            f"multiple of the number of processes ({ctx.world_size}): each runs an equal share"
+        )
+    return ctx
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM ask the run to stop: finish the step, save, exit.
+
+    A second Ctrl-C stops at once (a KeyboardInterrupt), for a run stuck where it cannot save.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step",
+            file=sys.stderr,
+        )
