@@ -48,16 +48,25 @@ def _timed_call(call: Callable[[], object], device: torch.device) -> Callable[[]
 
 
 def interleaved_times(
-    calls: Mapping[str, Callable[[], object]], steps: int, warmup: int, device: torch.device
+    calls: Mapping[str, Callable[[], object]],
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    settle: int = 0,
 ) -> dict[str, list[float]]:
     """Seconds of each of `steps` calls of every entry of `calls`, after `warmup` untimed rounds.
 
     Round r calls every entry once, in order; a warm-up round is a round whose times are dropped
-    (it compiles, fills caches, lets the allocator settle).
+    (it compiles, fills caches, lets the allocator settle). With `settle`, each entry first runs
+    that many untimed calls in every round: where the entries come from different libraries
+    (NumPy's BLAS threads against torch's OpenMP pool on a 2-core CPU), the first call after a
+    switch pays for the other library's threads still spinning and its data leaving the caches.
     """
     pending: dict[str, list[Callable[[], float]]] = {name: [] for name in calls}
     for round_index in range(warmup + steps):
         for name, call in calls.items():
+            for _ in range(settle):
+                call()
             reading = _timed_call(call, device)
             if round_index >= warmup:
                 pending[name].append(reading)
