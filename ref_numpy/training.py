@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -280,11 +280,20 @@ def unigram_loss(data: TrainingData) -> float:
     return float(-log_probs[data.val].mean())
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write through a temporary file in the same folder and rename: never a torn file."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Let `write` fill a temporary file in the same folder, flush it to disk, then rename it
+    over `path`. os.replace is atomic on POSIX: a reader, or a run killed mid-write, sees the old
+    file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    atomic_write(path, lambda f: f.write(payload))
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -29,17 +29,16 @@ import numpy as np
 import torch
 
 from ref_numpy.config import GPTConfig
-from ref_numpy.flops import flops_per_token, mfu, peak_flops_for
+from ref_numpy.flops import flops_per_token, mfu
 from ref_numpy.training import TrainConfig
 from torch_impl.bench_cpu import VOCAB_SIZE
 from torch_impl.bench_timing import (
     GPT2_124M,
-    device_name,
     interleaved_times,
     peak_memory_bytes,
 )
 from torch_impl.model import ATTENTION_BACKENDS, GPT
-from torch_impl.runtime import matmul_ceiling, resolve_dtype
+from torch_impl.runtime import autocast_for, datasheet_peak, matmul_ceiling, resolve_dtype
 from torch_impl.train import train_step
 
 
@@ -176,7 +175,7 @@ def train_section(
         cfg, default_batch = train_config.model_config(VOCAB_SIZE), train_config.batch_size
     batch_size = batch_size or default_batch
     dtype = resolve_dtype("auto", device)  # bf16 on a GPU that has it, else float32
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype == torch.bfloat16 else None
+    autocast = autocast_for(device, dtype)
     compile_backend = QUICK_COMPILE_BACKEND if quick else "inductor"
     torch.compiler.reset()  # past 8 graphs per function compile quietly runs eager: start clean
     rng = np.random.default_rng(0)
@@ -216,8 +215,7 @@ def train_section(
     ceiling_dtype = dtype if on_gpu else torch.float32
     ceiling_n = CEILING_SIZE["quick" if quick else device.type]
     ceiling = matmul_ceiling(device, ceiling_dtype, ceiling_n)
-    peak_key = {torch.bfloat16: "bf16", torch.float32: "tf32"}[dtype] if on_gpu else None
-    peak = peak_flops_for(device_name(device), peak_key) if on_gpu else None
+    peak, peak_key = datasheet_peak(device, dtype)
     tokens_per_step = batch_size * cfg.block_size
     for name, step_times in times.items():
         entry = entries[name]

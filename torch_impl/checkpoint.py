@@ -21,7 +21,6 @@ Reading uses `weights_only=True`: a checkpoint is data, and loading one must not
 
 from __future__ import annotations
 
-import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from ref_numpy.config import GPTConfig
+from ref_numpy.training import atomic_write
 
 FORMAT = "gpt-math-checkpoint/1"  # marks checkpoints written by this trainer
 
@@ -38,18 +38,8 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
-    """torch.save to `path` atomically: a temporary file in the same folder, fsync, rename.
-
-    os.replace is atomic on POSIX, so a reader (or a run killed mid-write) sees either the old
-    file or the new one, never half of one.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save to `path` atomically (`ref_numpy.training.atomic_write`): never torn."""
+    atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

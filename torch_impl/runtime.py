@@ -47,6 +47,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def parameter_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The parameters' dtype for a run in `dtype`: bf16 and fp16 autocast the matmuls over
+    float32 parameters (the optimizer's small updates would vanish in 8 or 11 mantissa bits)."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype) -> torch.autocast | None:
+    """The autocast context of a bf16 or fp16 run, None for float32 and float64."""
+    return torch.autocast(device.type, dtype=dtype) if dtype in LOW_PRECISION else None
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -81,24 +95,32 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int | None = Non
     return 2 * n**3 / best
 
 
+def datasheet_peak(device: torch.device, dtype: torch.dtype) -> tuple[float | None, str | None]:
+    """The GPU's datasheet peak FLOP/s in the precision its matmuls run in (bf16, fp16; TF32
+    for float32 when TF32 is on, else fp32) and that precision's name; (None, None) on a CPU,
+    an unknown GPU or float64."""
+    if device.type != "cuda":
+        return None, None
+    keys = {
+        torch.bfloat16: "bf16",
+        torch.float16: "fp16",
+        torch.float32: "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32",
+    }
+    key = keys.get(dtype)
+    peak = peak_flops_for(torch.cuda.get_device_name(device), key) if key else None
+    return peak, key
+
+
 def resolve_peak_flops(
     peak_flops: float | None, device: torch.device, dtype: torch.dtype
 ) -> tuple[float, str]:
-    """The MFU denominator and where it came from: --peak_flops; the GPU's datasheet peak in the
-    precision its matmuls run in (bf16, fp16, TF32 for float32); else a measured ceiling."""
+    """The MFU denominator and where it came from: --peak_flops; the GPU's datasheet peak;
+    else a measured matmul ceiling."""
     if peak_flops is not None:
         return peak_flops, "--peak_flops"
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        key = {
-            torch.bfloat16: "bf16",
-            torch.float16: "fp16",
-            torch.float32: "tf32" if tf32 else "fp32",
-        }
-        peak = peak_flops_for(name, key[dtype]) if dtype in key else None
-        if peak is not None:
-            return peak, f"{name} datasheet {key[dtype]} peak"
+    peak, key = datasheet_peak(device, dtype)
+    if peak is not None:
+        return peak, f"{torch.cuda.get_device_name(device)} datasheet {key} peak"
     ceiling = matmul_ceiling(device, dtype)
     return ceiling, f"measured {str(dtype).removeprefix('torch.')} matmul on {device.type}"
 

@@ -23,7 +23,13 @@ from ref_numpy.data import decode, encode, load_meta
 from ref_numpy.options import parse_config, run_main
 from torch_impl.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
 from torch_impl.model import ATTENTION_BACKENDS, GPT
-from torch_impl.runtime import DTYPES, resolve_device, resolve_dtype
+from torch_impl.runtime import (
+    DTYPES,
+    autocast_for,
+    parameter_dtype,
+    resolve_device,
+    resolve_dtype,
+)
 
 SEPARATOR = "---------------"  # printed after each sample
 PROMPT_FILE_PREFIX = "FILE:"
@@ -156,8 +162,7 @@ def load_model(
     """The checkpoint's GPT in eval mode on `device`, parameters in float32 or float64."""
     model = GPT(config_from_checkpoint(checkpoint), attention=attention)
     load_model_state(model, checkpoint)
-    low_precision = dtype in (torch.bfloat16, torch.float16)
-    return model.to(device=device, dtype=torch.float32 if low_precision else dtype).eval()
+    return model.to(device=device, dtype=parameter_dtype(dtype)).eval()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -170,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     start_ids = encode_prompt(read_prompt(config.start), chars)
     idx = torch.from_numpy(start_ids).to(device)[None, :]  # (1, T)
 
-    low_precision = dtype in (torch.bfloat16, torch.float16)
-    autocast = torch.autocast(device.type, dtype=dtype) if low_precision else None
+    autocast = autocast_for(device, dtype)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     for _ in range(config.num_samples):
         # one generator for all samples: sample i is the same whatever --num_samples is

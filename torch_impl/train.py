@@ -56,7 +56,9 @@ from torch_impl.runtime import (
     DTYPES,
     Distributed,
     StopSignal,
+    autocast_for,
     distributed_from_env,
+    parameter_dtype,
     resolve_device,
     resolve_dtype,
     resolve_peak_flops,
@@ -264,7 +266,6 @@ def model_config_for_run(config: TorchTrainConfig, data: TrainingData, checkpoin
 
 def main(argv: Sequence[str] | None = None) -> None:
     config, checkpoint = config_for_run(argv)
-    resume = config.init_from == "resume"
     ctx = distributed_from_env(config.gradient_accumulation_steps)
     device = resolve_device(config.device)
     if ctx.enabled and device.type == "cuda":
@@ -274,13 +275,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if ctx.enabled:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        _train(config, checkpoint, resume, ctx, device, dtype)
+        _train(config, checkpoint, ctx, device, dtype)
     finally:
         if ctx.enabled:
             dist.destroy_process_group()
 
 
-def _train(config, checkpoint, resume, ctx: Distributed, device, dtype) -> None:
+def _train(config, checkpoint, ctx: Distributed, device, dtype) -> None:
+    resume = config.init_from == "resume"
     if ctx.enabled and not ctx.is_master:
         dist.barrier()  # rank 0 prepares the data folder first; the others then read it
     data = load_training_data(config)
@@ -294,16 +296,14 @@ def _train(config, checkpoint, resume, ctx: Distributed, device, dtype) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
         torch.backends.cudnn.allow_tf32 = True
-    low_precision = dtype in (torch.bfloat16, torch.float16)
-    param_dtype = torch.float32 if low_precision else dtype
-    model = GPT(cfg, attention=config.attention).to(device=device, dtype=param_dtype)
+    model = GPT(cfg, attention=config.attention).to(device=device, dtype=parameter_dtype(dtype))
     if checkpoint is None:  # the NumPy trainer's init, drawn in float64, rounded once
         model.load_numpy_params(init_params(cfg, seed=config.seed))
     else:
         load_model_state(model, checkpoint)
     if config.block_size < cfg.block_size:
         model.crop_block_size(config.block_size)
-    autocast = torch.autocast(device.type, dtype=dtype) if low_precision else None
+    autocast = autocast_for(device, dtype)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     optimizer = model.configure_optimizers(
         config.weight_decay,
