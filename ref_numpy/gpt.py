@@ -10,6 +10,8 @@ The backward pass runs the layers of `ref_numpy.layers` in reverse, in the order
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,6 +19,9 @@ from ref_numpy.config import GPTConfig
 from ref_numpy.layers import (
     NAIVE_ATTENTION,
     Attention,
+    GeluCache,
+    LayerNormCache,
+    LinearCache,
     cross_entropy_backward,
     cross_entropy_forward,
     embedding_backward,
@@ -95,9 +100,17 @@ def _layer(params: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.n
 
 
 # ----------------------------------------------------------------------------- attention layer
+class SelfAttentionCache(NamedTuple):
+    c_attn: LinearCache
+    attention: tuple  # the attention core's own cache
+    c_proj: LinearCache
+    attention_backward: Callable  # the core's backward, which reads its cache
+    n_head: int
+
+
 def self_attention_forward(
     x: np.ndarray, params: dict, prefix: str, n_head: int, attention: Attention
-) -> tuple[np.ndarray, tuple]:
+) -> tuple[np.ndarray, SelfAttentionCache]:
     B, T, C = x.shape
     D = C // n_head
     qkv, c_attn_cache = linear_forward(x, *_layer(params, f"{prefix}.c_attn"))  # [B, T, 3C]
@@ -108,58 +121,72 @@ def self_attention_forward(
     heads, attention_cache = attention.forward(q, k, v)  # [B, H, T, D]
     merged = heads.transpose(0, 2, 1, 3).reshape(B, T, C)  # [B, H, T, D] -> [B, T, C]
     out, c_proj_cache = linear_forward(merged, *_layer(params, f"{prefix}.c_proj"))  # [B, T, C]
-    return out, (c_attn_cache, attention_cache, c_proj_cache, attention.backward, n_head)
+    return out, SelfAttentionCache(
+        c_attn_cache, attention_cache, c_proj_cache, attention.backward, n_head
+    )
 
 
 # The reshapes and transposes only move numbers, so their backward moves the gradients back.
-def self_attention_backward(dout: np.ndarray, cache: tuple, grads: dict, prefix: str) -> np.ndarray:
-    c_attn_cache, attention_cache, c_proj_cache, attention_backward, n_head = cache
+def self_attention_backward(
+    dout: np.ndarray, cache: SelfAttentionCache, grads: dict, prefix: str
+) -> np.ndarray:
     B, T, C = dout.shape
-    D = C // n_head
-    dmerged = _linear_backward_into(dout, c_proj_cache, grads, f"{prefix}.c_proj")  # [B, T, C]
-    dheads = dmerged.reshape(B, T, n_head, D).transpose(0, 2, 1, 3)  # [B, H, T, D]
-    dq, dk, dv = attention_backward(dheads, attention_cache)  # 3 x [B, H, T, D]
+    H = cache.n_head
+    dmerged = _linear_backward_into(dout, cache.c_proj, grads, f"{prefix}.c_proj")  # [B, T, C]
+    dheads = dmerged.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)  # [B, H, T, D]
+    dq, dk, dv = cache.attention_backward(dheads, cache.attention)  # 3 x [B, H, T, D]
     dqkv = np.concatenate(
         [d.transpose(0, 2, 1, 3).reshape(B, T, C) for d in (dq, dk, dv)], axis=-1
     )  # [B, T, 3C]
-    return _linear_backward_into(dqkv, c_attn_cache, grads, f"{prefix}.c_attn")  # [B, T, C]
+    return _linear_backward_into(dqkv, cache.c_attn, grads, f"{prefix}.c_attn")  # [B, T, C]
 
 
 # ----------------------------------------------------------------------------- MLP
-def mlp_forward(x: np.ndarray, params: dict, prefix: str, gelu: str) -> tuple[np.ndarray, tuple]:
+class MLPCache(NamedTuple):
+    c_fc: LinearCache
+    gelu: GeluCache
+    c_proj: LinearCache
+
+
+def mlp_forward(x: np.ndarray, params: dict, prefix: str, gelu: str) -> tuple[np.ndarray, MLPCache]:
     hidden, c_fc_cache = linear_forward(x, *_layer(params, f"{prefix}.c_fc"))  # [B, T, 4C]
     activated, gelu_cache = gelu_forward(hidden, gelu)  # [B, T, 4C]
     out, c_proj_cache = linear_forward(activated, *_layer(params, f"{prefix}.c_proj"))  # [B, T, C]
-    return out, (c_fc_cache, gelu_cache, c_proj_cache)
+    return out, MLPCache(c_fc_cache, gelu_cache, c_proj_cache)
 
 
-def mlp_backward(dout: np.ndarray, cache: tuple, grads: dict, prefix: str) -> np.ndarray:
-    c_fc_cache, gelu_cache, c_proj_cache = cache
-    dactivated = _linear_backward_into(dout, c_proj_cache, grads, f"{prefix}.c_proj")
-    dhidden = gelu_backward(dactivated, gelu_cache)
-    return _linear_backward_into(dhidden, c_fc_cache, grads, f"{prefix}.c_fc")
+def mlp_backward(dout: np.ndarray, cache: MLPCache, grads: dict, prefix: str) -> np.ndarray:
+    dactivated = _linear_backward_into(dout, cache.c_proj, grads, f"{prefix}.c_proj")
+    dhidden = gelu_backward(dactivated, cache.gelu)
+    return _linear_backward_into(dhidden, cache.c_fc, grads, f"{prefix}.c_fc")
 
 
 # ----------------------------------------------------------------------------- block
+class BlockCache(NamedTuple):
+    ln_1: LayerNormCache
+    attn: SelfAttentionCache
+    ln_2: LayerNormCache
+    mlp: MLPCache
+
+
 def block_forward(
     x: np.ndarray, params: dict, prefix: str, cfg: GPTConfig, attention: Attention
-) -> tuple[np.ndarray, tuple]:
+) -> tuple[np.ndarray, BlockCache]:
     h1, ln_1_cache = layernorm_forward(x, *_layer(params, f"{prefix}.ln_1"))
     a, attn_cache = self_attention_forward(h1, params, f"{prefix}.attn", cfg.n_head, attention)
     x = x + a  # residual: attention adds to the stream
     h2, ln_2_cache = layernorm_forward(x, *_layer(params, f"{prefix}.ln_2"))
     m, mlp_cache = mlp_forward(h2, params, f"{prefix}.mlp", cfg.gelu)
     x = x + m  # residual: the MLP adds to the stream
-    return x, (ln_1_cache, attn_cache, ln_2_cache, mlp_cache)
+    return x, BlockCache(ln_1_cache, attn_cache, ln_2_cache, mlp_cache)
 
 
 # A residual add y = x + f(x) passes dy to x unchanged and adds f's backward: dx = dy + f'(dy).
-def block_backward(dout: np.ndarray, cache: tuple, grads: dict, prefix: str) -> np.ndarray:
-    ln_1_cache, attn_cache, ln_2_cache, mlp_cache = cache
-    dh2 = mlp_backward(dout, mlp_cache, grads, f"{prefix}.mlp")
-    dx = dout + _layernorm_backward_into(dh2, ln_2_cache, grads, f"{prefix}.ln_2")
-    dh1 = self_attention_backward(dx, attn_cache, grads, f"{prefix}.attn")
-    return dx + _layernorm_backward_into(dh1, ln_1_cache, grads, f"{prefix}.ln_1")
+def block_backward(dout: np.ndarray, cache: BlockCache, grads: dict, prefix: str) -> np.ndarray:
+    dh2 = mlp_backward(dout, cache.mlp, grads, f"{prefix}.mlp")
+    dx = dout + _layernorm_backward_into(dh2, cache.ln_2, grads, f"{prefix}.ln_2")
+    dh1 = self_attention_backward(dx, cache.attn, grads, f"{prefix}.attn")
+    return dx + _layernorm_backward_into(dh1, cache.ln_1, grads, f"{prefix}.ln_1")
 
 
 def _store(grads: dict, prefix: str, dweight: np.ndarray, dbias: np.ndarray | None) -> None:
@@ -168,14 +195,16 @@ def _store(grads: dict, prefix: str, dweight: np.ndarray, dbias: np.ndarray | No
         grads[f"{prefix}.bias"] = dbias
 
 
-def _linear_backward_into(dout: np.ndarray, cache: tuple, grads: dict, prefix: str) -> np.ndarray:
+def _linear_backward_into(
+    dout: np.ndarray, cache: LinearCache, grads: dict, prefix: str
+) -> np.ndarray:
     dx, dweight, dbias = linear_backward(dout, cache)
     _store(grads, prefix, dweight, dbias)
     return dx
 
 
 def _layernorm_backward_into(
-    dout: np.ndarray, cache: tuple, grads: dict, prefix: str
+    dout: np.ndarray, cache: LayerNormCache, grads: dict, prefix: str
 ) -> np.ndarray:
     dx, dweight, dbias = layernorm_backward(dout, cache)
     _store(grads, prefix, dweight, dbias)

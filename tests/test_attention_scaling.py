@@ -3,7 +3,7 @@ softmax saturation trends as d grows, and a tiny training comparison that runs."
 
 import numpy as np
 
-from ref_numpy.attention_scaling import (
+from ref_numpy.experiments.attention_scaling import (
     dot_product_stats,
     softmax_jacobian_norm,
     softmax_saturation,

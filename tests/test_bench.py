@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from torch_impl import bench
-from torch_impl.bench_attention import MANUAL, SDPA_FLASH, causal_attention_flops
-from torch_impl.bench_timing import interleaved_times, saved_for_backward_bytes
-from torch_impl.bench_train import NANOGPT, VARIANTS
+from torch_impl.bench import command as bench
+from torch_impl.bench.attention import MANUAL, SDPA_FLASH, causal_attention_flops
+from torch_impl.bench.timing import interleaved_times, saved_for_backward_bytes
+from torch_impl.bench.train import NANOGPT, VARIANTS
 
 # A stand-in for a nanoGPT checkout: a model.py with nanoGPT's names (GPT, GPTConfig) and its
 # configure_optimizers signature, built on this project's model. It tests the loading and the

@@ -1,16 +1,17 @@
-"""torch_impl.bench_adamw: every implementation runs and reports positive times (never asserted
+"""torch_impl.bench.adamw: every implementation runs and reports positive times (never asserted
 against a number: timings are measured, not tested)."""
 
 import pytest
 import torch
 
-from torch_impl.bench_adamw import (
+from torch_impl.bench import adamw
+from torch_impl.bench.adamw import (
     IMPLEMENTATIONS,
-    adamw_section,
     compare_adamw,
     saved_gpu_results,
     time_adamw,
 )
+from torch_impl.bench.common import BenchOptions
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -34,7 +35,7 @@ def test_compare_adamw_takes_the_shapes_of_a_model():
 
 
 def test_adamw_section_gives_speedups_over_the_for_loop():
-    runs = adamw_section(torch.device("cpu"), quick=True, steps=1, warmup=0)
+    runs = adamw.run(BenchOptions(torch.device("cpu"), quick=True, steps=1, warmup=0))
     assert [run["implementation"] for run in runs] == list(IMPLEMENTATIONS)
     assert runs[0]["speedup_over_for_loop"] == 1.0
     assert all(run["speedup_over_for_loop"] > 0 for run in runs)

@@ -13,11 +13,11 @@ from ref_numpy.config import GPTConfig
 from ref_numpy.flops import (
     PEAK_FLOPS,
     compare_with_formulas,
-    estimate_mfu,
     exact_matmul_flops,
     flops_per_token,
     flops_per_token_causal,
-    mfu_from_ceiling,
+    matmul_ceiling,
+    mfu,
     peak_flops_for,
 )
 from torch_impl.model import GPT
@@ -96,16 +96,16 @@ def test_peak_flops_lookup():
 
 
 def test_mfu_arithmetic():
-    assert mfu_from_ceiling(1e12, 0.5, 4e12) == 0.5
-    assert estimate_mfu(989.5e12 * 0.4, 1.0, "NVIDIA H100 80GB HBM3") == pytest.approx(0.4)
-    assert estimate_mfu(1e12, 1.0, "unknown") is None
-    with pytest.raises(ValueError, match="dt"):
-        mfu_from_ceiling(1e12, 0.0, 1e12)
+    # the throughput whose estimated FLOP/s is half of a 4 TFLOP/s peak
+    assert mfu(GPT2, 2e12 / flops_per_token(GPT2), 4e12) == pytest.approx(0.5)
+    # 40% of an H100's datasheet bf16 peak, the peak looked up by the name torch reports
+    h100 = peak_flops_for("NVIDIA H100 80GB HBM3")
+    assert mfu(GPT2, 989.5e12 * 0.4 / flops_per_token(GPT2), h100) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="peak_flops"):
+        mfu(GPT2, 1.0, 0.0)
 
 
-def test_measured_matmul_ceiling_is_a_throughput():
-    from ref_numpy.flops import measured_matmul_ceiling, mfu_from_ceiling
-
-    ceiling = measured_matmul_ceiling(n=256, repeats=2)
+def test_matmul_ceiling_is_a_throughput():
+    ceiling = matmul_ceiling(n=256, repeats=2)
     assert math.isfinite(ceiling) and ceiling > 1e6  # any machine does a MFLOP/s
-    assert mfu_from_ceiling(ceiling, 1.0, ceiling) == 1.0
+    assert mfu(GPT2, ceiling / flops_per_token(GPT2), ceiling) == pytest.approx(1.0)

@@ -11,6 +11,7 @@ import torch
 from ref_numpy.gpt import GPTConfig, backward, forward, init_params, param_shapes
 from tests.numerics import central_difference_grad, rel_error
 from torch_impl.model import GPT
+from torch_impl.numpy_bridge import load_numpy_params
 
 CONFIGS = {
     "small": (GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32), 32),
@@ -29,7 +30,7 @@ CONFIGS = {
 
 def torch_mirror(params, cfg, attention):
     model = GPT(cfg, attention=attention).double()
-    model.load_numpy_params(params)
+    load_numpy_params(model, params)
     return model
 
 

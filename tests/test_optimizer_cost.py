@@ -10,8 +10,7 @@ import pytest
 
 from ref_numpy.adamw import AdamW
 from ref_numpy.config import GPTConfig
-from ref_numpy.gpt import init_params, param_shapes
-from ref_numpy.optimizer_cost import (
+from ref_numpy.experiments.optimizer_cost import (
     adamw_multi_pass,
     adamw_single_pass,
     adamw_traffic_per_param,
@@ -19,6 +18,7 @@ from ref_numpy.optimizer_cost import (
     decay_report,
     new_adamw_state,
 )
+from ref_numpy.gpt import init_params, param_shapes
 
 GPT2 = GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768, bias=True)
 TINY = GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=16)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ref_numpy.residual_variance import (
+from ref_numpy.experiments.residual_variance import (
     first_layer_grad_norm,
     gelu_second_moment,
     idealised_std,

@@ -22,10 +22,11 @@ import torch
 
 from ref_numpy.config import GPTConfig
 from ref_numpy.gpt import init_params
-from ref_numpy.options import run_main
+from ref_numpy.train.options import run_main
 from tests.numerics import rel_error
 from torch_impl.checkpoint import FORMAT, save_checkpoint
 from torch_impl.model import GPT
+from torch_impl.numpy_bridge import load_numpy_params
 from torch_impl.sample import SEPARATOR, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def one_thread():
 
 def float64_model(cfg: GPTConfig = CFG, attention: str = "sdpa") -> GPT:
     model = GPT(cfg, attention=attention).to(torch.float64)
-    model.load_numpy_params(init_params(cfg, seed=0))
+    load_numpy_params(model, init_params(cfg, seed=0))
     return model.eval()
 
 
@@ -116,7 +117,7 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sample")
     cfg = GPTConfig(block_size=16, vocab_size=len(CHARS), n_layer=1, n_head=2, n_embd=16)
     model = GPT(cfg)
-    model.load_numpy_params(init_params(cfg, seed=0))
+    load_numpy_params(model, init_params(cfg, seed=0))
     state = model.state_dict()
     ours = folder / "ckpt.pt"
     meta = {"chars": CHARS, "source": "a line of Hamlet"}

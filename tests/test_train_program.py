@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ref_numpy.options import read_config_file, read_overrides
+from ref_numpy.train.options import read_config_file, read_overrides
 from torch_impl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from torch_impl.model import GPT
 from torch_impl.train import TorchTrainConfig, main
@@ -321,7 +321,7 @@ def nanogpt_checkpoint(model: GPT, path: Path) -> None:
 
 def test_init_from_a_nanogpt_checkpoint(corpus_dir, tmp_path):
     from ref_numpy.data import load_meta
-    from ref_numpy.training import TrainConfig
+    from ref_numpy.train.config import TrainConfig
 
     vocab = load_meta(corpus_dir)["vocab_size"]
     cfg = TrainConfig(block_size=32, n_layer=2, n_head=2, n_embd=16).model_config(vocab)

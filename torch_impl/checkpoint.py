@@ -1,44 +1,137 @@
-"""Checkpoints of the torch trainer: written so a crash never tears one, read with one-line errors.
+"""Checkpoints of the torch trainer: what one holds, written so a crash never tears it, read back
+with one-line errors.
 
 A checkpoint is a dict saved by `torch.save`, with nanoGPT's keys (so nanoGPT's own tools read
-it, and `--init_from` reads nanoGPT's) plus what nanoGPT leaves out and an exact resume needs:
+it, and `--init_from` reads nanoGPT's) plus what nanoGPT leaves out and an exact resume needs.
+`capture` writes these keys and `restore` reads them back, side by side below:
 
+    format          FORMAT: marks a checkpoint of this trainer, which a resume can continue
     model           state_dict of the bare model (never the `_orig_mod.` keys of a compiled one)
     optimizer       AdamW state_dict (moments and step counts)
-    model_args      GPTConfig as a dict (n_layer, n_head, n_embd, block_size, bias, vocab_size,
-                    dropout, gelu)
+    scaler          GradScaler state_dict (float16 training) or None
+    model_args      GPTConfig of the model as saved (n_layer, n_head, n_embd, block_size, bias,
+                    vocab_size, dropout, gelu)
     iter_num        the number of optimizer steps taken
     best_val_loss   the lowest validation loss of the evaluations so far
-    config          the training configuration (TorchTrainConfig as a dict)
-    scaler          GradScaler state_dict (float16 training) or None
+    config          the training options (TorchTrainConfig as a dict)
     rng             per rank: torch CPU and CUDA generator states (dropout masks)
     sampler         per gradient-accumulation slot: the NumPy generator state of its batch stream
     data            what the samplers index: corpus source, vocabulary, split lengths
     meta            the vocabulary (characters), so sampling needs no data folder
 
+The model's weights are loaded when the model is built (`load_model_state`), before the
+optimizer that holds its parameters; `restore` puts back everything else.
 Reading uses `weights_only=True`: a checkpoint is data, and loading one must not run code.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ref_numpy.config import GPTConfig
-from ref_numpy.training import atomic_write
+from ref_numpy.errors import UserError
+from ref_numpy.files import atomic_write
+from ref_numpy.train.batches import MicroBatchStreams, TrainingData
+from ref_numpy.train.loop import LoopState
 
 FORMAT = "gpt-math-checkpoint/1"  # marks checkpoints written by this trainer
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, torn, foreign or does not fit the run (a one-line message)."""
 
 
+# ----------------------------------------------------------------------------- what it holds
+def data_fingerprint(data: TrainingData) -> dict[str, Any]:
+    """What the batch streams index into: resuming on other data would not be the same run."""
+    return {
+        "source": data.meta["source"],
+        "vocab_size": data.vocab_size,
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+    }
+
+
+def rank_state(streams: MicroBatchStreams, device: torch.device) -> dict[str, Any]:
+    """One process's share of a checkpoint: its batch streams and its RNG (dropout masks)."""
+    return {
+        "sampler": streams.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        },
+    }
+
+
+def capture(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    state: LoopState,
+    config: Any,
+    rank_states: list[dict[str, Any]],
+    data: TrainingData,
+) -> dict[str, Any]:
+    """Everything an exact resume needs; `rank_states` holds every rank's `rank_state`."""
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),  # the bare model: no `_orig_mod.`, no `module.`
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "model_args": model.config.to_dict(),  # as saved: after any crop of the context
+        "iter_num": state.iter_num,
+        "best_val_loss": state.best_val_loss,
+        "config": dataclasses.asdict(config),
+        "rng": [rank["rng"] for rank in rank_states],
+        "sampler": {j: s for rank in rank_states for j, s in rank["sampler"].items()},
+        "data": data_fingerprint(data),
+        "meta": {"chars": list(data.meta["chars"]), "source": data.meta["source"]},
+    }
+
+
+def restore(
+    checkpoint: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    streams: MicroBatchStreams,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> LoopState:
+    """Put back what `capture` saved, but the weights; return where the run stands.
+
+    The RNG comes back only under the world size it was saved with: under another, each rank's
+    dropout stream starts afresh (the batches, which live in the streams, still continue).
+    """
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler is not None and checkpoint.get("scaler") is not None:
+            scaler.load_state_dict(checkpoint["scaler"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"'{checkpoint['path']}' has an optimizer state that does not fit: {error}"
+        ) from None
+    streams.load_state_dict(checkpoint["sampler"])
+    rng = checkpoint.get("rng") or []
+    if len(rng) == world_size:
+        torch.set_rng_state(rng[rank]["torch"])
+        if device.type == "cuda" and rng[rank].get("cuda") is not None:
+            torch.cuda.set_rng_state(rng[rank]["cuda"], device)
+    return LoopState(
+        iter_num=int(checkpoint["iter_num"]),
+        best_val_loss=float(checkpoint.get("best_val_loss", math.inf)),
+        last_saved_iter=int(checkpoint["iter_num"]),
+    )
+
+
+# ----------------------------------------------------------------------------- files
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
-    """torch.save to `path` atomically (`ref_numpy.training.atomic_write`): never torn."""
+    """torch.save to `path` atomically (`ref_numpy.files.atomic_write`): never torn."""
     atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
 
 
@@ -70,9 +163,10 @@ def is_full_checkpoint(checkpoint: dict[str, Any]) -> bool:
     return checkpoint.get("format") == FORMAT
 
 
+# ----------------------------------------------------------------------------- the model in it
 def config_from_checkpoint(checkpoint: dict[str, Any]) -> GPTConfig:
     """The GPTConfig of a checkpoint's `model_args` (nanoGPT's have no `gelu`: its GELU is erf)."""
-    names = {f.name for f in fields(GPTConfig)}
+    names = {f.name for f in dataclasses.fields(GPTConfig)}
     args = {k: v for k, v in dict(checkpoint["model_args"]).items() if k in names}
     try:
         return GPTConfig(**args)
@@ -80,6 +174,37 @@ def config_from_checkpoint(checkpoint: dict[str, Any]) -> GPTConfig:
         raise CheckpointError(
             f"'{checkpoint.get('path', 'checkpoint')}' has unusable model_args: {error}"
         ) from None
+
+
+def checked_model_config(
+    checkpoint: dict[str, Any], data: TrainingData, block_size: int, resume: bool
+) -> GPTConfig:
+    """The GPTConfig of the checkpoint's model, refused if it cannot train on this run's data
+    (a smaller or different vocabulary; for a resume, other data) or with `block_size`."""
+    cfg = config_from_checkpoint(checkpoint)
+    where = checkpoint["path"]
+    if cfg.vocab_size < data.vocab_size:
+        raise CheckpointError(
+            f"'{where}' has a vocabulary of {cfg.vocab_size}, smaller than the data's "
+            f"{data.vocab_size}"
+        )
+    chars = checkpoint.get("meta", {}).get("chars")
+    if chars is not None and list(chars) != list(data.meta["chars"]):
+        raise CheckpointError(f"'{where}' was trained on another vocabulary than this data's")
+    if block_size > cfg.block_size:
+        raise CheckpointError(
+            f"--block_size {block_size} is longer than the context of '{where}' ({cfg.block_size})"
+        )
+    if (
+        resume
+        and is_full_checkpoint(checkpoint)
+        and checkpoint.get("data") != data_fingerprint(data)
+    ):
+        raise CheckpointError(
+            f"'{where}' was trained on other data ({checkpoint.get('data')}); resume it "
+            f"with the same --text / --data_dir"
+        )
+    return cfg
 
 
 def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any]) -> None:

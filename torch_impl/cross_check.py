@@ -24,9 +24,10 @@ from ref_numpy.data import (
 )
 from ref_numpy.gpt import init_params
 from ref_numpy.schedule import get_lr
-from ref_numpy.train import train_step as numpy_train_step
+from ref_numpy.step import train_step as numpy_train_step
 from torch_impl.model import GPT
-from torch_impl.train import train_step as torch_train_step
+from torch_impl.numpy_bridge import load_numpy_params, numpy_params
+from torch_impl.step import train_step as torch_train_step
 
 # At learning rate 3e-3 the two float64 runs agree to rounding (~1e-15 per step). At 1e-2 this
 # tiny model trains in a chaotic regime: the same rounding differences grow ~1e5-fold in 50
@@ -85,7 +86,7 @@ def torch_run(
     """
     device = torch.device(device)
     model = GPT(cfg, attention=attention).to(device=device, dtype=dtype)
-    model.load_numpy_params(init_params(cfg, seed=seed))  # cast to the model's dtype
+    load_numpy_params(model, init_params(cfg, seed=seed))  # cast to the model's dtype
     optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, device.type, fused=fused)
     step_model = torch.compile(model) if compile_model else model
     context = torch.autocast(device.type, dtype=autocast) if autocast is not None else None
@@ -137,7 +138,7 @@ def cross_check_runs(
         if isinstance(final, GPT):
             if label == "torch64":
                 result["torch_model"] = final
-            final = final.numpy_params()
+            final = numpy_params(final)
         result[label] = losses
         result[f"step_error_{label}"] = np.abs(losses - reference_losses) / np.abs(reference_losses)
         result[f"param_error_{label}"] = _relative(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,14 +36,22 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ref_numpy.data import DEFAULT_DATA_DIR, BatchSampler, ensure_prepared, load_split
-from ref_numpy.options import run_main
-from ref_numpy.train import estimate_loss as numpy_estimate_loss
-from ref_numpy.training import EVAL_SEED_OFFSET
-from torch_impl.bench import format_table
-from torch_impl.bench_timing import REPO, device_label, environment
+from ref_numpy.errors import UserError
+from ref_numpy.step import estimate_loss as numpy_estimate_loss
+from ref_numpy.train.batches import EVAL_SEED_OFFSET
+from ref_numpy.train.options import run_main
 from torch_impl.cross_check import numpy_run, small_config, torch_run
+from torch_impl.report import (
+    FIGURES_DIR,
+    RESULTS_DIR,
+    device_label,
+    environment,
+    format_table,
+    load_report,
+    save_report,
+)
 from torch_impl.runtime import resolve_device
-from torch_impl.train import estimate_loss as torch_estimate_loss
+from torch_impl.step import estimate_loss as torch_estimate_loss
 
 # The most that rounding one number to the precision changes it, relative: 2^-p for a p-bit
 # significand (bf16 keeps 8 bits, float32 24).
@@ -286,7 +293,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=None, help="results/gpu_cross_check_<device>.json"
     )
-    parser.add_argument("--figures_dir", type=Path, default=REPO / "figures", help="figures/")
+    parser.add_argument("--figures_dir", type=Path, default=FIGURES_DIR, help="figures/")
     parser.add_argument("--plot", type=Path, default=None, help="only draw this saved result")
     return parser.parse_args(argv)
 
@@ -294,27 +301,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plot is not None:
-        try:
-            report = json.loads(args.plot.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"--plot {args.plot}: cannot read a saved result ({error})") from None
-        if not isinstance(report, dict) or report.get("benchmark") != PROGRAM:
-            raise ValueError(f"--plot {args.plot}: not a file written by {PROGRAM}")
+        report = load_report(args.plot, PROGRAM)
         print(f"wrote {write_figure(report, args.figures_dir)}")
         return 0
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
-        raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas") from None
+        raise UserError(f"--seeds {args.seeds!r}: give integers separated by commas") from None
     if args.steps < 2 or args.batch_size < 1 or not seeds:
-        raise ValueError("need --steps >= 2, --batch_size >= 1 and at least one seed")
+        raise UserError("need --steps >= 2, --batch_size >= 1 and at least one seed")
     device = resolve_device(args.device)
     compile_model = {"auto": None, "true": True, "false": False}[args.compile]
     report = cross_check(device, args.steps, seeds, args.batch_size, compile_model, args.data_dir)
     print_report(report)
-    out = args.out or REPO / "results" / f"gpu_cross_check_{device_label(device)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = args.out or RESULTS_DIR / f"gpu_cross_check_{device_label(device)}.json"
+    save_report(report, out)
     print(f"saved {out}\nwrote {write_figure(report, args.figures_dir)}")
     return 0 if report["passed"] else 1
 

@@ -16,13 +16,13 @@ import math
 import re
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ref_numpy.config import GPTConfig
-from ref_numpy.flops import mfu
+from ref_numpy.errors import UserError
+from torch_impl.kv_cache import KVCache
 
 ATTENTION_BACKENDS = ("sdpa", "manual", "triton")
 
@@ -40,45 +40,12 @@ def _checked_attention(attention: str) -> str:
         # imported only when asked for: triton is an optional dependency, and a slow import
         from torch_impl.triton_attention import TRITON_AVAILABLE
 
-        if not TRITON_AVAILABLE:
-            raise ValueError(
+        if not TRITON_AVAILABLE:  # a missing package, not a wrong argument: the user installs it
+            raise UserError(
                 "attention='triton' needs the triton package: "
                 "pip install -r requirements-triton.txt, or use attention='sdpa'"
             )
     return attention
-
-
-class KVCache:
-    """The keys and values one attention layer has computed so far, kept for generation.
-
-    In a causal model the state at position s, in every layer, depends on tokens 0..s only, so
-    appending a token changes no earlier key or value: they are computed once and kept here.
-    Room for `max_length` positions (block_size) is allocated on the first write, in the dtype
-    of the keys written (under autocast, the low precision the projections produce).
-    """
-
-    def __init__(self, max_length: int) -> None:
-        self.max_length = max_length
-        self.length = 0  # positions 0 .. length-1 are filled
-        self.keys: torch.Tensor | None = None  # (B, nh, max_length, hs)
-        self.values: torch.Tensor | None = None  # (B, nh, max_length, hs)
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, nh, T_new, hs) as the next T_new positions; return (B, nh, end, hs)."""
-        end = self.length + k.size(2)
-        if end > self.max_length:
-            raise ValueError(
-                f"the KV cache holds {self.max_length} positions, {end} asked for; "
-                "beyond block_size the context must be cropped and recomputed"
-            )
-        if self.keys is None:
-            batch, n_head, _, head_size = k.shape
-            self.keys = k.new_empty(batch, n_head, self.max_length, head_size)
-            self.values = v.new_empty(batch, n_head, self.max_length, head_size)
-        self.keys[:, :, self.length : end] = k
-        self.values[:, :, self.length : end] = v
-        self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
 
 
 class LayerNorm(nn.Module):
@@ -358,7 +325,6 @@ class GPT(nn.Module):
         betas: tuple[float, float],
         device_type: str,
         fused: bool | None = None,
-        verbose: bool = False,
     ) -> torch.optim.AdamW:
         """AdamW that decays the matrices (matmul weights, embeddings) and not biases or LN gains.
 
@@ -376,20 +342,7 @@ class GPT(nn.Module):
         if fused is None:
             fused = fused_adamw_available(device_type)
         implementation = {"fused": True} if fused else {"foreach": True}
-        if verbose:
-            for label, group in (("decayed", decay), ("not decayed", no_decay)):
-                n_params = sum(p.numel() for p in group)
-                print(f"{label}: {len(group)} tensors, {n_params:,} parameters")
-            print(f"fused AdamW: {fused}")
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **implementation)
-
-    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float) -> float:
-        """Model FLOPs utilisation of an iteration of `fwdbwd_per_iter` sequences taking `dt` s.
-
-        `peak_flops` is the device's peak FLOP/s in the precision used (e.g. 312e12 for A100 bf16).
-        """
-        tokens_per_second = fwdbwd_per_iter * self.config.block_size / dt
-        return mfu(self.config, tokens_per_second, peak_flops, n_params=self.get_num_params())
 
     @torch.no_grad()
     def generate(
@@ -435,32 +388,6 @@ class GPT(nn.Module):
             idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
-
-    def load_numpy_params(self, params: Mapping[str, np.ndarray]) -> None:
-        """Copy a NumPy parameter dict (the names and shapes of named_parameters()) into the model.
-
-        The model keeps its dtype and device; the arrays are converted on the way in.
-        """
-        own = dict(self.named_parameters())
-        missing = sorted(own.keys() - params.keys())
-        unexpected = sorted(params.keys() - own.keys())
-        wrong_shape = [
-            f"{name} {tuple(np.shape(params[name]))} != {tuple(own[name].shape)}"
-            for name in own.keys() & params.keys()
-            if tuple(np.shape(params[name])) != tuple(own[name].shape)
-        ]
-        if missing or unexpected or wrong_shape:
-            raise ValueError(
-                f"NumPy parameters do not match the model: missing {missing}, "
-                f"unexpected {unexpected}, wrong shape {sorted(wrong_shape)}"
-            )
-        with torch.no_grad():
-            for name, param in own.items():
-                param.copy_(torch.as_tensor(np.asarray(params[name])))
-
-    def numpy_params(self) -> dict[str, np.ndarray]:
-        """The parameters as a NumPy dict (copies on the CPU, in the model's dtype)."""
-        return {name: p.detach().cpu().numpy().copy() for name, p in self.named_parameters()}
 
     def load_state_dict(
         self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False

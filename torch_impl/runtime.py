@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ref_numpy.errors import UserError
 from ref_numpy.flops import peak_flops_for
 
 DTYPES = {
@@ -37,13 +38,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but CUDA is not available; use --device cpu")
+        raise UserError("--device cuda asked for, but CUDA is not available; use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps asked for, but MPS is not available; use --device cpu")
+        raise UserError("--device mps asked for, but MPS is not available; use --device cpu")
     return device
 
 
@@ -68,9 +69,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.float32
     dtype = DTYPES[name]
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU has no bfloat16; use --dtype float16 or float32")
+        raise UserError("this GPU has no bfloat16; use --dtype float16 or float32")
     if dtype == torch.float64 and device.type == "mps":
-        raise ValueError("MPS has no float64; use --dtype float32")
+        raise UserError("MPS has no float64; use --dtype float32")
     return dtype
 
 
@@ -156,7 +157,7 @@ def distributed_from_env(gradient_accumulation_steps: int) -> Distributed:
         int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     )
     if gradient_accumulation_steps % ctx.world_size:
-        raise ValueError(
+        raise UserError(
             f"--gradient_accumulation_steps ({gradient_accumulation_steps}) must be a "
             f"multiple of the number of processes ({ctx.world_size}): each runs an equal share"
         )

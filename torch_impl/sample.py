@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ref_numpy.data import decode, encode, load_meta
-from ref_numpy.options import parse_config, run_main
+from ref_numpy.errors import UserError
+from ref_numpy.train.options import parse_config, run_main
 from torch_impl.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
 from torch_impl.model import ATTENTION_BACKENDS, GPT
 from torch_impl.runtime import (
@@ -58,18 +59,18 @@ class SampleConfig:
     def __post_init__(self) -> None:
         for name in ("num_samples", "max_new_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.temperature <= 0:
-            raise ValueError(
+            raise UserError(
                 f"--temperature must be positive (--top_k 1 samples greedily), "
                 f"got {self.temperature}"
             )
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"--top_k must be at least 1 (or none), got {self.top_k}")
+            raise UserError(f"--top_k must be at least 1 (or none), got {self.top_k}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise UserError(f"--dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.attention not in ATTENTION_BACKENDS:
-            raise ValueError(
+            raise UserError(
                 f"--attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}"
             )
 
@@ -91,7 +92,7 @@ def _chars_from_meta_pkl(path: Path) -> list[str]:
         return [itos[i] for i in range(len(itos))]
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"'{path}' is not a nanoGPT meta.pkl with itos/stoi: {reason}") from None
+        raise UserError(f"'{path}' is not a nanoGPT meta.pkl with itos/stoi: {reason}") from None
 
 
 def _chars_from_meta_path(path: Path) -> list[str]:
@@ -99,12 +100,12 @@ def _chars_from_meta_path(path: Path) -> list[str]:
     if path.is_dir():
         path = path / "meta.json" if (path / "meta.json").is_file() else path / "meta.pkl"
     if not path.is_file():
-        raise ValueError(f"--meta: no file at '{path}'")
+        raise UserError(f"--meta: no file at '{path}'")
     if path.name == "meta.json":
         return list(load_meta(path.parent)["chars"])
     if path.suffix == ".pkl":
         return _chars_from_meta_pkl(path)
-    raise ValueError(f"--meta must name a nanoGPT meta.pkl or a data folder's meta.json: '{path}'")
+    raise UserError(f"--meta must name a nanoGPT meta.pkl or a data folder's meta.json: '{path}'")
 
 
 def vocabulary(checkpoint: dict[str, Any], meta_path: str | None, vocab_size: int) -> list[str]:
@@ -114,15 +115,15 @@ def vocabulary(checkpoint: dict[str, Any], meta_path: str | None, vocab_size: in
     elif isinstance(checkpoint.get("meta"), dict) and "chars" in checkpoint["meta"]:
         chars, source = list(checkpoint["meta"]["chars"]), f"the meta of '{checkpoint['path']}'"
     else:
-        raise ValueError(
+        raise UserError(
             f"'{checkpoint['path']}' carries no vocabulary (nanoGPT's checkpoints do not); "
             "pass --meta with a nanoGPT meta.pkl, a data folder's meta.json, or the folder"
         )
     # encode() looks characters up by binary search, and one id per character needs no repeats
     if not all(isinstance(c, str) and len(c) == 1 for c in chars) or chars != sorted(set(chars)):
-        raise ValueError(f"the vocabulary in {source} is not a sorted list of distinct characters")
+        raise UserError(f"the vocabulary in {source} is not a sorted list of distinct characters")
     if len(chars) != vocab_size:
-        raise ValueError(
+        raise UserError(
             f"the vocabulary in {source} has {len(chars)} characters but the model's vocab_size "
             f"is {vocab_size}; use the meta of the data the model was trained on"
         )
@@ -137,9 +138,9 @@ def read_prompt(start: str) -> str:
         try:
             start = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
-            raise ValueError(f"cannot read the prompt file '{path}': {error}") from None
+            raise UserError(f"cannot read the prompt file '{path}': {error}") from None
     if not start:
-        raise ValueError("--start is empty; the model needs at least one character to continue")
+        raise UserError("--start is empty; the model needs at least one character to continue")
     return start
 
 
@@ -148,7 +149,7 @@ def encode_prompt(prompt: str, chars: list[str]) -> np.ndarray:
     known = set(chars)
     for position, char in enumerate(prompt):
         if char not in known:
-            raise ValueError(
+            raise UserError(
                 f"the prompt's character {char!r} (U+{ord(char):04X}) at position {position} is "
                 f"not in the model's vocabulary of {len(chars)} characters; leave it out"
             )

@@ -5,7 +5,7 @@ The "adamw" section of `python -m torch_impl.bench` (`--sections adamw`).
 AdamW is elementwise, so a step is bound by memory traffic, not arithmetic. The for-loop path
 launches a handful of operations per tensor, the foreach path the same operations batched over
 all tensors, the fused path one kernel that reads p, g, m, v once and writes p, m, v once: 28
-bytes per float32 parameter (`ref_numpy.optimizer_cost.adamw_single_pass`). The effective
+bytes per float32 parameter (`ref_numpy.experiments.optimizer_cost.adamw_single_pass`). The effective
 bandwidth reported is that fused byte count over the measured step time, for every
 implementation, so it says how close each comes to moving only what a fused step must move.
 All implementations are timed in one process, their steps interleaved (the machines are shared
@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 from ref_numpy.gpt import param_shapes
-from torch_impl.bench_timing import GPT2_124M, REPO, interleaved_times
+from torch_impl.bench.common import GPT2_124M, BenchOptions, bar_figure
+from torch_impl.bench.timing import interleaved_times
+from torch_impl.report import RESULTS_DIR, format_table
 
 IMPLEMENTATIONS = ("for-loop", "foreach", "fused")
 FUSED_READS_WRITES = 7  # p, g, m, v read once; p, m, v written once
@@ -114,7 +116,7 @@ def compare_adamw(
     """`time_adamw` for several implementations at once, their steps interleaved (round-robin),
     so that a burst of load on a shared machine hits all of them alike. Each implementation
     has its own copy of the same parameters and gradients. On a GPU the steps are timed with
-    CUDA events (`torch_impl.bench_timing.interleaved_times`)."""
+    CUDA events (`torch_impl.bench.timing.interleaved_times`)."""
     if shapes is None:
         if n_params is None:
             raise ValueError("give n_params or shapes")
@@ -133,12 +135,17 @@ def compare_adamw(
     return {name: _report(name, optimizers[name][0], times[name]) for name in implementations}
 
 
-def adamw_section(device: torch.device, quick: bool, steps: int, warmup: int) -> list[dict]:
+def run(options: BenchOptions) -> list[dict]:
     """The benchmark's AdamW section: every implementation on the parameters of GPT-2 124M
-    (its 148 tensors, 124M float32 numbers), or a few thousand with `quick`."""
-    shapes = None if quick else list(param_shapes(GPT2_124M).values())
+    (its 148 tensors, 124M float32 numbers), or a few thousand with `--quick`."""
+    shapes = None if options.quick else list(param_shapes(GPT2_124M).values())
     runs = compare_adamw(
-        QUICK_PARAMS, IMPLEMENTATIONS, steps, warmup, device=str(device), shapes=shapes
+        QUICK_PARAMS,
+        IMPLEMENTATIONS,
+        options.steps,
+        options.warmup,
+        device=str(options.device),
+        shapes=shapes,
     )
     baseline = runs["for-loop"]["seconds_per_step"]
     for run in runs.values():
@@ -146,7 +153,7 @@ def adamw_section(device: torch.device, quick: bool, steps: int, warmup: int) ->
     return list(runs.values())
 
 
-def saved_gpu_results(results_dir: Path = REPO / "results") -> list[dict]:
+def saved_gpu_results(results_dir: Path = RESULTS_DIR) -> list[dict]:
     """The saved reports (`results/*.json`) that hold an "adamw" section measured on a GPU."""
     reports = []
     for path in sorted(Path(results_dir).glob("*.json")):
@@ -157,3 +164,27 @@ def saved_gpu_results(results_dir: Path = REPO / "results") -> list[dict]:
         if isinstance(report, dict) and "adamw" in report and report.get("device_type") == "cuda":
             reports.append({**report, "path": str(path)})
     return reports
+
+
+# ----------------------------------------------------------------------------- the report
+def print_table(runs: list[dict]) -> None:
+    print(f"\nAdamW step, {runs[0]['n_params']:,} {runs[0]['dtype']} parameters")
+    rows = [
+        [
+            run["implementation"],
+            f"{run['seconds_per_step'] * 1e3:.2f}",
+            f"{run['effective_bandwidth_gb_s']:.1f}",
+            f"{run['speedup_over_for_loop']:.2f}x",
+        ]
+        for run in runs
+    ]
+    print(format_table(["implementation", "ms/step", "GB/s (28 B/param)", "vs for-loop"], rows))
+
+
+def figure(report: dict):
+    """Milliseconds per step of each implementation, labelled with its effective bandwidth."""
+    runs = report["adamw"]
+    ms = [run["seconds_per_step"] * 1e3 for run in runs]
+    labels = [f"{t:.1f} ms\n{run['effective_bandwidth_gb_s']:.0f} GB/s" for t, run in zip(ms, runs)]
+    what = f"one AdamW step, {runs[0]['n_params'] / 1e6:.1f}M {runs[0]['dtype']} parameters"
+    return bar_figure(report, [run["implementation"] for run in runs], ms, labels, what)

@@ -19,9 +19,14 @@ from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ref_numpy.config import GPTConfig
-from torch_impl.bench_timing import interleaved_times, peak_memory_bytes, saved_for_backward_bytes
-from torch_impl.bench_train import triton_attention_available
+from torch_impl.bench.common import BenchOptions, triton_runs_on
+from torch_impl.bench.timing import (
+    interleaved_times,
+    peak_allocated_bytes,
+    saved_for_backward_bytes,
+)
 from torch_impl.model import CausalSelfAttention
+from torch_impl.report import figure_title, format_table
 
 SDPA_FLASH, MANUAL, TRITON = "sdpa flash", "manual", "triton"
 # (tokens B*T, width H*d, sequence lengths T, head dims d) per kind of run
@@ -68,7 +73,7 @@ def attention_functions(
     functions = {SDPA_FLASH: _sdpa_flash}
     if with_manual:
         functions[MANUAL] = _manual(T, heads, head_dim, device)
-    if triton_attention_available(device):
+    if triton_runs_on(device):
         from torch_impl.triton_attention import triton_attention
 
         functions[TRITON] = lambda q, k, v: triton_attention(q, k, v, causal=True)
@@ -112,7 +117,7 @@ def _measure_size(
         try:
             row["max_abs_diff_vs_sdpa_flash"] = float((forward() - reference).abs().max())
             row["saved_for_backward_bytes"] = saved_for_backward_bytes(lambda a=attend: a(q, k, v))
-            row["peak_memory_bytes"] = peak_memory_bytes(forward_backward, device)
+            row["peak_memory_bytes"] = peak_allocated_bytes(forward_backward, device)
         except torch.cuda.OutOfMemoryError:  # the manual path at long T: a result, not a bug
             row["error"] = "out of memory"
             continue
@@ -133,9 +138,10 @@ def _measure_size(
     return list(rows.values())
 
 
-def attention_section(device: torch.device, quick: bool, steps: int, warmup: int) -> dict:
+def run(options: BenchOptions) -> dict:
     """Every implementation at every size of the device's grid, causal, forward and backward."""
-    tokens, width, lengths, head_dims = GRIDS["quick" if quick else device.type]
+    device, steps, warmup = options.device, options.steps, options.warmup
+    tokens, width, lengths, head_dims = GRIDS["quick" if options.quick else device.type]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = []
     for head_dim in head_dims:
@@ -155,3 +161,76 @@ def attention_section(device: torch.device, quick: bool, steps: int, warmup: int
         "warmup": warmup,
         "rows": rows,
     }
+
+
+# ----------------------------------------------------------------------------- the report
+def _mib(x: int | None) -> str:
+    return "" if x is None else f"{x / 2**20:,.1f}"
+
+
+def print_table(section: dict) -> None:
+    print(
+        f"\ncausal attention, {section['dtype']}, B*T = {section['tokens_per_batch']} tokens, "
+        f"H*d = {section['width']}; TFLOPS count {section['flops_convention']}"
+    )
+    rows = [
+        [
+            row["implementation"],
+            row["T"],
+            row["head_dim"],
+            f"{row['forward_seconds'] * 1e3:.3f}" if "forward_seconds" in row else "",
+            f"{row['forward_backward_seconds'] * 1e3:.3f}" if "forward_seconds" in row else "",
+            f"{row['forward_backward_tflops']:.3g}" if "forward_seconds" in row else "",
+            _mib(row.get("peak_memory_bytes")),
+            _mib(row.get("saved_for_backward_bytes")),
+            row["error"] or "",
+        ]
+        for row in section["rows"]
+    ]
+    headers = ["implementation", "T", "d", "fwd ms", "fwd+bwd ms", "fwd+bwd TFLOPS"]
+    print(format_table(headers + ["peak MiB", "saved MiB", "error"], rows))
+
+
+COLORS = {SDPA_FLASH: "tab:blue", MANUAL: "tab:red", TRITON: "tab:green"}
+
+
+def figure(report: dict):
+    """Time, memory and FLOP rate against T, one line per implementation and head dim."""
+    import matplotlib.pyplot as plt  # only when drawing: a GPU machine may have no matplotlib
+
+    section = report["attention"]
+    rows = [row for row in section["rows"] if "forward_backward_seconds" in row]
+    on_gpu = report["device_type"] == "cuda"
+    memory_key = "peak_memory_bytes" if on_gpu else "saved_for_backward_bytes"
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for name, head_dim in sorted({(row["implementation"], row["head_dim"]) for row in rows}):
+        line = sorted(
+            (r for r in rows if (r["implementation"], r["head_dim"]) == (name, head_dim)),
+            key=lambda r: r["T"],
+        )
+        T = [r["T"] for r in line]
+        style = {"color": COLORS.get(name), "marker": "o", "ls": "-" if head_dim <= 64 else "--"}
+        label = f"{name}, d={head_dim}"
+        axes[0].plot(T, [r["forward_backward_seconds"] * 1e3 for r in line], label=label, **style)
+        axes[1].plot(T, [r[memory_key] / 2**20 for r in line], label=label, **style)
+        axes[2].plot(T, [r["forward_backward_tflops"] for r in line], label=label, **style)
+    memory_label = {
+        "peak_memory_bytes": "peak memory of forward + backward (MiB)",
+        "saved_for_backward_bytes": "bytes saved for the backward (MiB)",
+    }[memory_key]
+    for ax, ylabel in zip(
+        axes, ("forward + backward (ms)", memory_label, "forward + backward TFLOP/s (causal)")
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    what = (
+        f"causal attention, {section['dtype']}, B*T = {section['tokens_per_batch']}, "
+        f"H*d = {section['width']}"
+    )
+    fig.suptitle(figure_title(report, what), fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,4 @@
-"""How the benchmark sections (`python -m torch_impl.bench`) time, measure memory and label runs.
+"""How the benchmark sections (`python -m torch_impl.bench`) time calls and measure memory.
 
 Every section compares variants of one computation in one process. Their calls are interleaved
 round-robin after a warm-up and each variant reports the median of its calls, so a burst of load
@@ -9,22 +9,10 @@ time the work on the GPU itself; on the CPU by `time.perf_counter`.
 
 from __future__ import annotations
 
-import os
-import platform
-import re
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
-import numpy as np
 import torch
-
-from ref_numpy.config import GPTConfig
-
-REPO = Path(__file__).resolve().parents[1]
-# GPT-2 small as nanoGPT trains it: 12 layers, 12 heads, 768 wide, context 1024, the vocabulary
-# padded from 50257 to 50304 (a multiple of 64, for the matmul tiles). Biases on, as in GPT-2.
-GPT2_124M = GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768)
 
 
 def synchronize(device: torch.device) -> None:
@@ -74,7 +62,7 @@ def interleaved_times(
     return {name: [reading() for reading in readings] for name, readings in pending.items()}
 
 
-def peak_memory_bytes(call: Callable[[], object], device: torch.device) -> int | None:
+def peak_allocated_bytes(call: Callable[[], object], device: torch.device) -> int | None:
     """Bytes `call` allocates at its peak above what was allocated before it; None off CUDA
     (the CPU allocator keeps no such count)."""
     if device.type != "cuda":
@@ -104,48 +92,3 @@ def saved_for_backward_bytes(forward: Callable[[], object]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         forward()
     return sum(storages.values())
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name as torch reports it, or the CPU's model name (Linux), or its architecture."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    return platform.processor() or platform.machine()
-
-
-def device_label(device: torch.device) -> str:
-    """A file-name-safe label: "cpu", or the GPU's name ("nvidia_h100_80gb_hbm3")."""
-    if device.type != "cuda":
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "_", device_name(device).lower()).strip("_")
-
-
-def environment(device: torch.device) -> dict:
-    """Device, versions and date: what a saved result needs to be read later."""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": device_name(device),
-        "device_type": device.type,
-        "label": device_label(device),
-        "cpu_threads": torch.get_num_threads(),
-        # on a shared machine, how busy it was: other processes stall torch's CPU threads
-        "load_average_1_5_15_min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "triton": triton_version,
-        },
-    }

@@ -4,8 +4,8 @@ Every NumPy operation on a large array allocates a new result. glibc's malloc se
 with fresh pages from the kernel and, on free, hands them back (mmap threshold, heap trimming);
 the next temporary of the same size then pays a page fault for every 4 KiB page it touches.
 On this project's CPU training step that costs about a quarter of the time (measured by
-torch_impl.bench_cpu). Raising the thresholds keeps the pages for reuse. It changes no result,
-only where memory comes from, and does nothing where the C library is not glibc.
+torch_impl.bench.numpy_step). Raising the thresholds keeps the pages for reuse. It changes no
+result, only where memory comes from, and does nothing where the C library is not glibc.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The command line of the project's programs: options from a dataclass's fields, read from a
 TOML or JSON file and from `--key value` / `--key=value` flags, checked against the field types;
 and `run_main`, which turns a user's mistake into one `error:` line and an exit code.
+
+Exit codes: 2 for a user's mistake (`ref_numpy.errors.UserError`, and argparse's own), 1 for a
+run that failed on its own (`TrainingFailed`, a diverged loss), 130 for a second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ref_numpy.data import DataError
+from ref_numpy.errors import UserError
+from ref_numpy.train.loop import TrainingFailed
 
 
 def _parse_bool(text: str) -> bool:
@@ -69,7 +73,7 @@ def _checked_value(name: str, value: Any, annotation: Any, source: str) -> Any:
         return float(value)
     if annotation is str and isinstance(value, str):
         return value
-    raise ValueError(f"{source}: {name} must be {_type_name(annotation)}, got {value!r}")
+    raise UserError(f"{source}: {name} must be {_type_name(annotation)}, got {value!r}")
 
 
 def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
@@ -80,24 +84,24 @@ def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file '{path}' does not exist")
+        raise UserError(f"config file '{path}' does not exist")
     readers = {".toml": (tomllib.loads, tomllib.TOMLDecodeError), ".json": (json.loads, ValueError)}
     if path.suffix.lower() not in readers:
-        raise ValueError(f"config file '{path}' must end in .toml or .json")
+        raise UserError(f"config file '{path}' must end in .toml or .json")
     loads, error_type = readers[path.suffix.lower()]
     try:
         values = loads(path.read_text(encoding="utf-8"))
     except (error_type, UnicodeDecodeError) as error:
-        raise ValueError(f"config file '{path}' does not parse: {error}") from None
+        raise UserError(f"config file '{path}' does not parse: {error}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"config file '{path}' must hold a table of options")
+        raise UserError(f"config file '{path}' must hold a table of options")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key in values:
         if key not in hints or key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"config file '{path}': unknown option {key!r}{hint}")
+            raise UserError(f"config file '{path}': unknown option {key!r}{hint}")
     return {k: _checked_value(k, v, hints[k], f"config file '{path}'") for k, v in values.items()}
 
 
@@ -126,20 +130,17 @@ def read_overrides(cls: type, argv: Sequence[str] | None, description: str) -> d
 
 
 def parse_config(cls: type, argv: Sequence[str] | None, description: str) -> Any:
-    """Build `cls` (a TrainConfig dataclass) from a config file and flags over its defaults."""
+    """Build `cls` (an options dataclass) from a config file and flags over its defaults."""
     return cls(**read_overrides(cls, argv, description))
-
-
-class TrainingFailed(RuntimeError):
-    """Training stopped on its own (a non-finite loss): exit code 1, the last checkpoint kept."""
 
 
 def run_main(main: Callable[[], None]) -> None:
     """Run a command-line program: errors a user can cause end in one line and exit code 2;
-    a run that fails (diverges) ends in one line and exit code 1."""
+    a run that fails (diverges) ends in one line and exit code 1. Any other exception is a bug
+    and keeps its traceback."""
     try:
         main()
-    except (DataError, ValueError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except TrainingFailed as error:

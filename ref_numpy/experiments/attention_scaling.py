@@ -27,7 +27,7 @@ from ref_numpy.data import DEFAULT_DATA_DIR, BatchSampler, ensure_prepared, load
 from ref_numpy.gpt import GPTConfig, init_params
 from ref_numpy.layers import NAIVE_ATTENTION, UNSCALED_ATTENTION, Attention
 from ref_numpy.schedule import get_lr
-from ref_numpy.train import train_step
+from ref_numpy.step import train_step
 
 DEFAULT_DIMS = (16, 32, 64, 128, 256, 512, 1024)
 CHUNK_ELEMENTS = 2**22  # draw q, k in chunks of about this many numbers per array (32 MiB)
