@@ -190,6 +190,7 @@ def test_checkpoint_holds_everything_and_no_compile_prefix(corpus_dir, tmp_path)
         assert ckpt[key], key
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
     assert not (out / "ckpt.pt.tmp").exists()
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
 @pytest.mark.slow
@@ -345,6 +346,26 @@ def test_init_from_a_nanogpt_checkpoint(corpus_dir, tmp_path):
     nanogpt_checkpoint(source, resume_dir / "ckpt.pt")
     with pytest.raises(CheckpointError, match="not written by this trainer"):
         main(["--init_from", "resume", "--out_dir", str(resume_dir)])
+
+
+def test_a_run_from_a_longer_context_checkpoint_resumes(corpus_dir, tmp_path):
+    """--init_from a checkpoint with context 32, trained at --block_size 16: the run's own
+    checkpoint describes the cropped model it holds, so it resumes (and MFU counts T = 16)."""
+    from ref_numpy.data import load_meta
+    from ref_numpy.train.config import TrainConfig
+
+    vocab = load_meta(corpus_dir)["vocab_size"]
+    source = GPT(TrainConfig(block_size=32, n_layer=2, n_head=2, n_embd=16).model_config(vocab))
+    path = tmp_path / "nanogpt.pt"
+    nanogpt_checkpoint(source, path)
+    out = tmp_path / "out"
+    flags = ["--init_from", str(path), "--max_iters", "2", "--out_dir", str(out)]
+    main([*SMALL, "--data_dir", str(corpus_dir), *flags])
+    saved = load_checkpoint(out / "ckpt.pt")
+    assert saved["model_args"]["block_size"] == 16
+    assert saved["model"]["transformer.wpe.weight"].shape[0] == 16
+    main(["--init_from", "resume", "--max_iters", "4", "--out_dir", str(out)])
+    assert [i for i, _ in losses(out)] == list(range(4))
 
 
 # ----------------------------------------------------------------------------- data parallel
