@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import signal
 import sys
 from collections.abc import Sequence
@@ -308,11 +309,14 @@ class TorchTrainer(Trainer):
         self.stop.signum = int(flag.item()) or None
         return self.stop.signum is not None
 
+    @functools.cached_property
+    def n_params(self) -> int:
+        return self.model.get_num_params()
+
     def mfu(self, tokens_per_second: float) -> float:
         """Against the device's peak, for this rank's share of the tokens."""
-        n_params = self.model.get_num_params()
         per_device = tokens_per_second / self.ctx.world_size
-        return mfu(self.model.config, per_device, self.peak_flops, n_params=n_params)
+        return mfu(self.model.config, per_device, self.peak_flops, n_params=self.n_params)
 
 
 def train(
@@ -325,7 +329,7 @@ def train(
     resume = config.init_from == "resume"
     data = load_data(config, ctx)
     model, config = build_model(config, checkpoint, data, device, dtype)
-
+    # the optimizer, and where the run stands: from scratch, or restored from the checkpoint
     optimizer = model.configure_optimizers(
         config.weight_decay,
         config.learning_rate,
@@ -340,6 +344,7 @@ def train(
     if resume:
         state = restore(checkpoint, optimizer, scaler, streams, ctx.rank, ctx.world_size, device)
 
+    # the loop
     step_model, eval_model = wrap_for_steps(model, config, ctx, device)
     peak, peak_source = resolve_peak_flops(config.peak_flops, device, dtype)
     log = RunLog(config.out_dir, config, state.iter_num if resume else None, ctx.is_master)
@@ -347,9 +352,20 @@ def train(
         announce(config, checkpoint, model, optimizer, state, ctx, device, dtype)
         print(f"MFU against {peak / 1e12:.3g} TFLOP/s ({peak_source})")
     trainer = TorchTrainer(
-        config, data, model, step_model, eval_model, optimizer, scaler, streams, ctx, device,
-        peak, StopSignal(), autocast_for(device, dtype),
-    )  # fmt: skip
+        config=config,
+        data=data,
+        model=model,
+        step_model=step_model,
+        eval_model=eval_model,
+        optimizer=optimizer,
+        scaler=scaler,
+        streams=streams,
+        ctx=ctx,
+        device=device,
+        peak_flops=peak,
+        stop=StopSignal(),
+        autocast=autocast_for(device, dtype),
+    )
     with trainer.stop:
         completed = train_loop(config, data, log, trainer, streams, state)
     if not completed:

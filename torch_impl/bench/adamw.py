@@ -5,8 +5,8 @@ The "adamw" section of `python -m torch_impl.bench` (`--sections adamw`).
 AdamW is elementwise, so a step is bound by memory traffic, not arithmetic. The for-loop path
 launches a handful of operations per tensor, the foreach path the same operations batched over
 all tensors, the fused path one kernel that reads p, g, m, v once and writes p, m, v once: 28
-bytes per float32 parameter (`ref_numpy.experiments.optimizer_cost.adamw_single_pass`). The effective
-bandwidth reported is that fused byte count over the measured step time, for every
+bytes per float32 parameter (`ref_numpy.experiments.optimizer_cost.adamw_single_pass`). The
+effective bandwidth reported is that fused byte count over the measured step time, for every
 implementation, so it says how close each comes to moving only what a fused step must move.
 All implementations are timed in one process, their steps interleaved (the machines are shared
 and noisy); times are printed and saved, never asserted.
