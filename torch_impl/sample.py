@@ -167,7 +167,9 @@ def load_model(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    config = parse_config(SampleConfig, argv, __doc__.splitlines()[0])
+    config = parse_config(
+        SampleConfig, argv, __doc__.splitlines()[0], "python -m torch_impl.sample"
+    )
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     checkpoint = load_checkpoint(config.ckpt if config.ckpt is not None else config.out_dir)

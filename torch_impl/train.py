@@ -140,7 +140,9 @@ def config_for_run(argv: Sequence[str] | None) -> tuple[TorchTrainConfig, dict |
     A resume takes every option from the checkpoint except those given again, and refuses new
     values for FIXED_ON_RESUME; `--init_from resume --max_iters 4000` extends a run.
     """
-    explicit = read_overrides(TorchTrainConfig, argv, __doc__.splitlines()[0])
+    explicit = read_overrides(
+        TorchTrainConfig, argv, __doc__.splitlines()[0], "python -m torch_impl.train"
+    )
     init_from = explicit.get("init_from", TorchTrainConfig.init_from)
     if init_from != "resume":
         base = TorchTrainConfig.device_defaults(explicit.get("device", TorchTrainConfig.device))

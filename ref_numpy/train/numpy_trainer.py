@@ -59,7 +59,9 @@ class NumpyTrainer(Trainer):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    config = parse_config(NumpyTrainConfig, argv, __doc__.splitlines()[0])
+    config = parse_config(
+        NumpyTrainConfig, argv, __doc__.splitlines()[0], "python -m ref_numpy.train"
+    )
     keep_freed_memory()
     data = load_training_data(config)
     cfg = config.model_config(data.vocab_size)

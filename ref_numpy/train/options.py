@@ -105,11 +105,13 @@ def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
     return {k: _checked_value(k, v, hints[k], f"config file '{path}'") for k, v in values.items()}
 
 
-def read_overrides(cls: type, argv: Sequence[str] | None, description: str) -> dict[str, Any]:
+def read_overrides(
+    cls: type, argv: Sequence[str] | None, description: str, prog: str | None = None
+) -> dict[str, Any]:
     """The options a user set: `--config FILE` (TOML or JSON), then `--key value` / `--key=value`
     flags, which win. Options left unset are absent, so that defaults can depend on the device
     or, on resume, come from the checkpoint."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "--config", metavar="FILE", default=None, help="a TOML or JSON file of options"
     )
@@ -129,9 +131,11 @@ def read_overrides(cls: type, argv: Sequence[str] | None, description: str) -> d
     return {**from_file, **flags}
 
 
-def parse_config(cls: type, argv: Sequence[str] | None, description: str) -> Any:
+def parse_config(
+    cls: type, argv: Sequence[str] | None, description: str, prog: str | None = None
+) -> Any:
     """Build `cls` (an options dataclass) from a config file and flags over its defaults."""
-    return cls(**read_overrides(cls, argv, description))
+    return cls(**read_overrides(cls, argv, description, prog))
 
 
 def run_main(main: Callable[[], None]) -> None:
