@@ -20,7 +20,8 @@ import torch
 from ref_numpy.train.options import read_config_file, read_overrides
 from torch_impl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from torch_impl.model import GPT
-from torch_impl.train import TorchTrainConfig, main
+from torch_impl.train import main
+from torch_impl.train_config import TorchTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
