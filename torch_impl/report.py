@@ -102,6 +102,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     return "\n".join(lines)
 
 
+def mib(n_bytes: int | None) -> str:
+    """Bytes as MiB for a table cell; empty where nothing was measured."""
+    return "" if n_bytes is None else f"{n_bytes / 2**20:,.1f}"
+
+
 def figure_title(report: dict, what: str) -> str:
     """`what`, then where and when it was measured."""
     where = report["device"]

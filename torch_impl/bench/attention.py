@@ -26,7 +26,7 @@ from torch_impl.bench.timing import (
     saved_for_backward_bytes,
 )
 from torch_impl.model import CausalSelfAttention
-from torch_impl.report import figure_title, format_table
+from torch_impl.report import figure_title, format_table, mib
 
 SDPA_FLASH, MANUAL, TRITON = "sdpa flash", "manual", "triton"
 # (tokens B*T, width H*d, sequence lengths T, head dims d) per kind of run
@@ -164,10 +164,6 @@ def run(options: BenchOptions) -> dict:
 
 
 # ----------------------------------------------------------------------------- the report
-def _mib(x: int | None) -> str:
-    return "" if x is None else f"{x / 2**20:,.1f}"
-
-
 def print_table(section: dict) -> None:
     print(
         f"\ncausal attention, {section['dtype']}, B*T = {section['tokens_per_batch']} tokens, "
@@ -181,8 +177,8 @@ def print_table(section: dict) -> None:
             f"{row['forward_seconds'] * 1e3:.3f}" if "forward_seconds" in row else "",
             f"{row['forward_backward_seconds'] * 1e3:.3f}" if "forward_seconds" in row else "",
             f"{row['forward_backward_tflops']:.3g}" if "forward_seconds" in row else "",
-            _mib(row.get("peak_memory_bytes")),
-            _mib(row.get("saved_for_backward_bytes")),
+            mib(row.get("peak_memory_bytes")),
+            mib(row.get("saved_for_backward_bytes")),
             row["error"] or "",
         ]
         for row in section["rows"]

@@ -47,15 +47,13 @@ def make_train_model() -> tuple[GPTConfig, int]:
     return config.model_config(meta["vocab_size"]), config.batch_size
 
 
-def step_model(options: BenchOptions) -> tuple[GPTConfig, int]:
-    """The model a training step is timed on, and its batch size (`--batch_size` wins)."""
-    if options.quick:
-        cfg, batch_size = QUICK_MODEL, QUICK_BATCH_SIZE
-    elif options.device.type == "cuda":
-        cfg, batch_size = GPT2_124M, GPU_BATCH_SIZE
-    else:
-        cfg, batch_size = make_train_model()
-    return cfg, options.batch_size or batch_size
+def timed_model(device_type: str, quick: bool) -> tuple[GPTConfig, int]:
+    """The model a training step is timed on, and its batch size."""
+    if quick:
+        return QUICK_MODEL, QUICK_BATCH_SIZE
+    if device_type == "cuda":
+        return GPT2_124M, GPU_BATCH_SIZE
+    return make_train_model()
 
 
 def triton_runs_on(device: torch.device) -> bool:

@@ -24,7 +24,7 @@ from ref_numpy.gpt import init_params
 from ref_numpy.step import train_step as numpy_train_step
 from ref_numpy.train.allocator import keep_freed_memory
 from ref_numpy.train.config import TrainConfig
-from torch_impl.bench.common import BenchOptions, bar_figure, step_model
+from torch_impl.bench.common import BenchOptions, bar_figure, timed_model
 from torch_impl.bench.timing import interleaved_times
 from torch_impl.model import GPT
 from torch_impl.numpy_bridge import load_numpy_params
@@ -58,7 +58,7 @@ def run(options: BenchOptions) -> dict:
     initial parameters, on the CPU (whatever device the rest of the benchmark runs on)."""
     # as the NumPy trainer does; a process-wide setting, so both sides run under it
     allocator_tuned = keep_freed_memory()
-    cfg, batch_size = step_model(BenchOptions(torch.device("cpu"), options.quick, 1, 0))
+    cfg, batch_size = timed_model("cpu", options.quick)
     optimizer_settings = TrainConfig()  # the trainers' AdamW settings and clipping
     lr, grad_clip = optimizer_settings.learning_rate, optimizer_settings.grad_clip
     betas = (optimizer_settings.beta1, optimizer_settings.beta2)

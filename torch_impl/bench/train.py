@@ -31,10 +31,10 @@ import torch
 from ref_numpy.config import GPTConfig
 from ref_numpy.errors import UserError
 from ref_numpy.flops import flops_per_token, mfu
-from torch_impl.bench.common import BenchOptions, step_model, triton_runs_on
+from torch_impl.bench.common import BenchOptions, timed_model, triton_runs_on
 from torch_impl.bench.timing import interleaved_times, peak_allocated_bytes
 from torch_impl.model import GPT
-from torch_impl.report import figure_title, format_table
+from torch_impl.report import figure_title, format_table, mib
 from torch_impl.runtime import autocast_for, datasheet_peak, matmul_ceiling, resolve_dtype
 from torch_impl.step import train_step
 
@@ -193,7 +193,8 @@ def _prepare_all(found, batch, autocast, options, batch_size) -> tuple[dict, dic
 def run(options: BenchOptions) -> dict:
     """Time the variants' training steps, interleaved, and report throughput and MFU."""
     device = options.device
-    cfg, batch_size = step_model(options)
+    cfg, batch_size = timed_model(device.type, options.quick)
+    batch_size = options.batch_size or batch_size
     dtype = resolve_dtype("auto", device)  # bf16 on a GPU that has it, else float32
     autocast = autocast_for(device, dtype)
     torch.compiler.reset()  # past 8 graphs per function compile quietly runs eager: start clean
@@ -210,9 +211,10 @@ def run(options: BenchOptions) -> dict:
     tokens_per_step = batch_size * cfg.block_size
     for name, step_times in times.items():
         entry = entries[name]
-        tokens_per_second = tokens_per_step / statistics.median(step_times)
+        seconds = statistics.median(step_times)
+        tokens_per_second = tokens_per_step / seconds
         entry.update(
-            seconds_per_step=statistics.median(step_times),
+            seconds_per_step=seconds,
             step_times=step_times,
             tokens_per_second=tokens_per_second,
             flops_per_token=flops_per_token(cfg, entry["n_params"]),
@@ -250,10 +252,6 @@ def _percent(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.1f}%"
 
 
-def _mib(x: int | None) -> str:
-    return "" if x is None else f"{x / 2**20:,.1f}"
-
-
 def print_table(section: dict) -> None:
     cfg = section["config"]
     peak = section["peak_flops"]
@@ -272,7 +270,7 @@ def print_table(section: dict) -> None:
             _percent(v.get("mfu_vs_peak")),
             _percent(v.get("mfu_vs_ceiling")),
             f"{v['throughput_vs_all_on']:.2f}x" if "throughput_vs_all_on" in v else "",
-            _mib(v.get("peak_memory_bytes")),
+            mib(v.get("peak_memory_bytes")),
             v.get("optimizer", ""),
             v.get("error") or "",
         ]
