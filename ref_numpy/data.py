@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import importlib.util
 import json
 import os
@@ -128,10 +129,20 @@ def decode(ids, chars: list[str]) -> str:
 
 
 def default_data_dir(text_path: str | Path | None) -> Path:
-    """data/shakespeare_char for the corpus, data/<file stem>_char for a text file."""
+    """data/shakespeare_char for the corpus, data/<file stem>_<key>_char for a text file.
+
+    The key is the first 10 hex digits of the SHA-256 of the file's bytes: two files of the
+    same name never share a folder, and an edited file is prepared afresh. (Of a file that
+    cannot be read, the key is its absolute path's; the preparation then names the problem.)
+    """
     if text_path is None:
         return DEFAULT_DATA_DIR
-    return REPO_ROOT / "data" / f"{Path(text_path).stem}_char"
+    path = Path(text_path)
+    try:
+        digest = hashlib.sha256(path.read_bytes())
+    except OSError:
+        digest = hashlib.sha256(str(path.absolute()).encode())
+    return REPO_ROOT / "data" / f"{path.stem}_{digest.hexdigest()[:10]}_char"
 
 
 def _prepare_hint(data_dir: Path) -> str:
@@ -319,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out_dir",
         default=None,
-        help="output folder (default: data/shakespeare_char, or data/<name>_char)",
+        help="output folder (default: data/shakespeare_char, or data/<name>_<content key>_char)",
     )
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir) if args.out_dir is not None else default_data_dir(args.text)

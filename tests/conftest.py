@@ -1,7 +1,54 @@
+import hashlib
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from ref_numpy.data import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_state(repo: Path = REPO) -> str | None:
+    """The working tree as git sees it: status and a hash of every change to tracked files
+    (None outside a git checkout). Equal before and after a run: the tests wrote no tracked file
+    and left no untracked one."""
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=repo, capture_output=True, check=True
+        ).stdout
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--binary"], cwd=repo, capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return status.decode() + hashlib.sha256(diff).hexdigest()
+
+
+def pytest_sessionstart(session):
+    session.config.stash[TREE_BEFORE] = tree_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if it changed the working tree (tests must never write tracked files)."""
+    before = session.config.stash.get(TREE_BEFORE, None)
+    if before is None or hasattr(session.config, "workerinput"):
+        return
+    after = tree_state()
+    if after != before:
+        changed = sorted(set(after.splitlines()[:-1]) ^ set(before.splitlines()[:-1]))
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (
+            "the test run changed the working tree (git status --porcelain and git diff): "
+            f"{changed or 'the content of already-modified files'}"
+        )
+        if reporter is not None:
+            reporter.write_line(f"FAILED {message}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+TREE_BEFORE = pytest.StashKey[str | None]()
 
 
 def pytest_configure(config):

@@ -107,8 +107,18 @@ def test_both_programs_log_the_same_losses_in_float64(corpus_dir, tmp_path):
 BAD_INPUTS = {
     "n_embd not divisible by n_head": (["--n_embd", "10", "--n_head", "3"], "divisible"),
     "batch size 0": (["--batch_size", "0"], "batch_size"),
-    "unknown flag": (["--no_such_flag", "1"], "unrecognized"),
+    "unknown flag": (["--no_such_flag", "1"], "error: unknown option --no_such_flag; see python"),
+    "not an integer": (
+        ["--batch_size", "abc"],
+        "error: --batch_size must be an integer, got 'abc'",
+    ),
     "bad boolean": (["--bias", "maybe"], "true or false"),
+    "negative grad_clip": (["--grad_clip", "-1"], "error: --grad_clip must be 0 (no clipping) or"),
+    "negative seed": (["--seed", "-1"], "error: --seed must be 0 or more, got -1"),
+    "min_lr above learning_rate": (
+        ["--learning_rate", "1e-3", "--min_lr", "1e-2"],
+        "error: --min_lr 0.01 is above --learning_rate 0.001",
+    ),
     "missing text file": (["--text", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
     "bad gelu": (["--gelu", "relu"], "gelu"),
 }
@@ -121,7 +131,8 @@ def test_bad_input_gives_one_line_and_exit_2(program, case, tmp_path):
     result = run([*PROGRAMS[program], *flags, "--out_dir", str(tmp_path / "out")])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert expected in result.stderr.strip().splitlines()[-1]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
 
 
 TORCH_BAD_INPUTS = {

@@ -268,3 +268,19 @@ def test_sampler_state_continues_bit_exactly(split):
         assert np.array_equal(x, x_expected) and np.array_equal(y, y_expected)
     with pytest.raises(DataError):
         resumed.load_state_dict({})
+
+
+def test_two_texts_of_the_same_name_get_their_own_folders(tmp_path):
+    """--text a/notes.txt and --text b/notes.txt never overwrite each other's prepared data."""
+    from ref_numpy.data import default_data_dir
+
+    first, second = tmp_path / "a" / "notes.txt", tmp_path / "b" / "notes.txt"
+    for path, text in [(first, "to be or not to be\n"), (second, "that is the question\n")]:
+        path.parent.mkdir()
+        path.write_text(text)
+    assert default_data_dir(first) != default_data_dir(second)
+    assert default_data_dir(first).name.startswith("notes_")
+    before = default_data_dir(first)
+    assert default_data_dir(first) == before  # the same content, the same folder
+    first.write_text("edited\n")  # an edited file is prepared afresh
+    assert default_data_dir(first) != before

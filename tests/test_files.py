@@ -4,6 +4,7 @@ And ref_numpy.train.options.run_main: a user's mistake is one `error:` line and 
 failed run exit code 1, and anything else (a bug) keeps its traceback.
 """
 
+import errno
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import sys
 import pytest
 
 from ref_numpy.errors import UserError
-from ref_numpy.files import atomic_write, atomic_write_bytes, staged_file
+from ref_numpy.files import StorageError, atomic_write, atomic_write_bytes, staged_file
 from ref_numpy.train.loop import TrainingFailed
 from ref_numpy.train.options import run_main
 
@@ -32,10 +33,53 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path):
         file.write(b"half of the new")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageError, match=f"could not write '{path}': no space left on device"):
         atomic_write(path, write_half_then_fail)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_a_write_torch_reports_as_its_own_error_is_still_a_full_disk(tmp_path, monkeypatch):
+    """torch.save turns the OSError of a full disk into "RuntimeError: ... unexpected pos";
+    the write it failed on is what the user hears about."""
+    import torch
+
+    import ref_numpy.files as files
+
+    class FullAfter:  # a file on a disk that fills after 2000 bytes
+        def __init__(self, file):
+            self.file, self.written = file, 0
+
+        def write(self, data):
+            self.written += memoryview(data).nbytes
+            if self.written > 2000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(files, "open", lambda *a, **k: FullAfter(open(*a, **k)), raising=False)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(StorageError, match="no space left on device") as info:
+        atomic_write(path, lambda f: torch.save({"w": torch.zeros(10_000)}, f))
+    assert isinstance(info.value.__cause__, RuntimeError)  # what torch itself raised
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_that_is_not_about_storage_keeps_its_type(tmp_path):
+    def bug(file):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        atomic_write(tmp_path / "x", bug)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_temporary_left_by_a_killed_writer_is_removed_by_the_next(tmp_path):
@@ -82,3 +126,26 @@ def test_run_main_lets_a_bug_keep_its_traceback():
 
     with pytest.raises(ValueError, match="broadcast"):
         run_main(bug)
+
+
+def test_the_tree_check_sees_a_changed_or_new_file(tmp_path):
+    """The session check in conftest.py (tests never write tracked files) can fail."""
+    from tests.conftest import tree_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "figure.png").write_bytes(b"committed")
+    git("add", "figure.png")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    clean = tree_state(tmp_path)
+    assert clean is not None and tree_state(tmp_path) == clean
+    (tmp_path / "figure.png").write_bytes(b"rewritten by a test")
+    modified = tree_state(tmp_path)
+    assert modified != clean
+    (tmp_path / "figure.png").write_bytes(b"rewritten again")  # already modified: still seen
+    assert tree_state(tmp_path) != modified
+    (tmp_path / "figure.png").write_bytes(b"committed")
+    (tmp_path / "new.png").write_bytes(b"left behind")
+    assert tree_state(tmp_path) != clean

@@ -5,9 +5,11 @@ Most runs call `torch_impl.train.main` in this process (a torch import per run w
 than the run); the kill, signal, DDP and exit-code tests run it as a user does, as a subprocess.
 """
 
+import argparse
 import json
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -17,8 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from ref_numpy.errors import UserError
+from ref_numpy.train.config import TrainConfig
 from ref_numpy.train.options import read_config_file, read_overrides
-from torch_impl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from torch_impl import runtime
+from torch_impl.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from torch_impl.model import GPT
 from torch_impl.train import main
 from torch_impl.train_config import TorchTrainConfig
@@ -181,6 +191,17 @@ def test_resume_refuses_to_change_the_run(corpus_dir, tmp_path):
         main(["--init_from", "resume", "--out_dir", str(out), "--batch_size", "8"])
 
 
+def test_a_garbled_log_line_does_not_stop_a_resume(corpus_dir, tmp_path):
+    """A killed process may leave a torn last line in the log, even bytes that are not UTF-8:
+    the resume drops it like any line past the checkpoint, and the run goes on."""
+    out = tmp_path / "out"
+    main([*SMALL, "--data_dir", str(corpus_dir), "--max_iters", "2", "--out_dir", str(out)])
+    with open(out / "log.jsonl", "ab") as log:
+        log.write(b'{"iter": 2, "loss": \xff\xfe')
+    main(["--init_from", "resume", "--max_iters", "4", "--out_dir", str(out)])
+    assert [i for i, _ in losses(out)] == [0, 1, 2, 3]
+
+
 def test_checkpoint_holds_everything_and_no_compile_prefix(corpus_dir, tmp_path):
     out = tmp_path / "out"
     main([*SMALL, "--data_dir", str(corpus_dir), "--max_iters", "3", "--out_dir", str(out)])
@@ -306,6 +327,56 @@ def test_unreadable_checkpoints_give_one_line_naming_the_file(corpus_dir, tmp_pa
     assert str(path) in result.stderr.strip().splitlines()[-1]
 
 
+def test_foreign_files_are_refused_without_unsafe_advice(corpus_dir, tmp_path):
+    """torch's own error for such a file advises loading it with weights_only=False, which runs
+    whatever code an untrusted pickle holds: the message says what the file is instead."""
+    random_bytes = tmp_path / "random.pt"
+    random_bytes.write_bytes(os.urandom(4096))
+    a_list = tmp_path / "list.pt"
+    torch.save([1, 2, 3], a_list)
+    plain_pickle = tmp_path / "plain.pt"
+    plain_pickle.write_bytes(pickle.dumps({"model": {}, "model_args": {}}))
+    forbidden = tmp_path / "namespace.pt"
+    torch.save({"model": {}, "model_args": {}, "args": argparse.Namespace(lr=1)}, forbidden)
+    unreadable = "is not a readable checkpoint (truncated, or not a file torch.save wrote)"
+    for bad, message in [
+        (random_bytes, unreadable),
+        (plain_pickle, unreadable),
+        (a_list, "is not a GPT checkpoint: it lacks 'model' and 'model_args' (found list)"),
+        (
+            forbidden,
+            "is not a checkpoint this trainer reads: it holds an object of class "
+            "argparse.Namespace",
+        ),
+    ]:
+        with pytest.raises(CheckpointError) as error:
+            load_checkpoint(bad)
+        assert f"'{bad}' {message}" in str(error.value)
+        assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
+
+    flags = ["--init_from", str(random_bytes), "--data_dir", str(corpus_dir)]
+    result = run(["-m", "torch_impl.train", *flags, "--out_dir", str(tmp_path / "out")])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: '{random_bytes}' {unreadable}"]
+
+
+def test_weights_that_do_not_fit_are_named_in_one_line():
+    cfg = TrainConfig(block_size=8, n_layer=2, n_head=2, n_embd=8).model_config(vocab_size=10)
+    state = GPT(cfg).state_dict()
+    names = list(state)
+    for name in names[:5]:
+        del state[name]
+    state["extra.weight"] = torch.zeros(1)
+    state["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(3, 3)
+    with pytest.raises(CheckpointError) as error:
+        load_model_state(GPT(cfg), {"model": state, "path": "x.pt"})
+    assert str(error.value) == (
+        f"'x.pt' does not fit the model: missing keys 5: {names[0]}, {names[1]}, {names[2]} "
+        f"and 2 more; unexpected keys 1: extra.weight; tensors of another shape 1: "
+        f"transformer.h.1.mlp.c_fc.weight [3,3] in the file, [32,8] in the model"
+    )
+
+
 def nanogpt_checkpoint(model: GPT, path: Path) -> None:
     """A checkpoint as nanoGPT's train.py writes it: a compiled model's keys, old mask buffers,
     model_args without gelu, and no vocabulary, RNG or data state."""
@@ -420,6 +491,40 @@ def test_ddp_two_ranks_equal_one_process_accumulating(corpus_dir, tmp_path):
     ddp, straight = losses(tmp_path / "ddp"), losses(tmp_path / "straight")
     assert [i for i, _ in ddp] == list(range(10))
     assert [v for _, v in ddp] == pytest.approx([v for _, v in straight], rel=1e-12, abs=0)
+
+
+def test_torchrun_with_the_default_accumulation_runs_quietly(corpus_dir, tmp_path):
+    """Without --gradient_accumulation_steps each process runs one micro-batch, so any number
+    of processes works; the checkpoint keeps the resolved 2, and a resume in one process keeps
+    it too. No rank prints a warning (DDP's about its renamed broadcast_buffers)."""
+    out = tmp_path / "out"
+    result = run(
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["-m", "torch_impl.train", *SMALL, "--max_iters", "2", "--data_dir", str(corpus_dir)]
+        + ["--out_dir", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr  # no FutureWarning, UserWarning, ... of Python's
+    assert "Warning" not in output and "deprecat" not in output.lower(), output
+    assert load_checkpoint(out / "ckpt.pt")["config"]["gradient_accumulation_steps"] == 2
+    main(["--init_from", "resume", "--max_iters", "3", "--out_dir", str(out)])
+    assert [i for i, _ in losses(out)] == [0, 1, 2]
+    resumed = [r for r in records(out) if "config" in r][-1]
+    assert resumed["resumed_at"] == 2 and resumed["config"]["gradient_accumulation_steps"] == 2
+
+
+def test_only_rank_0_reports_accumulation_that_does_not_divide(monkeypatch, capsys):
+    monkeypatch.setattr(runtime, "RANK_0_GRACE_S", 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        runtime.distributed_from_env(3)
+    assert exit_info.value.code == 2 and capsys.readouterr() == ("", "")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match="--gradient_accumulation_steps 3 is not a multiple of"):
+        runtime.distributed_from_env(3)
 
 
 def test_eval_only_evaluates_a_checkpoint_and_writes_nothing(corpus_dir, tmp_path):

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +145,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at '{path}'")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # truncated zip, pickle garbage, a text file: all the same to us
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"'{path}' is not a readable checkpoint (truncated or not a torch file): {reason}"
-        ) from None
+        with warnings.catch_warnings():  # a foreign pickle's protocol: the error below says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a torn zip, pickle garbage, a text file fail in many ways
+        raise CheckpointError(unreadable(path, error)) from None
     if not isinstance(checkpoint, dict) or not {"model", "model_args"} <= checkpoint.keys():
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(
@@ -156,6 +157,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     checkpoint["path"] = str(path)
     return checkpoint
+
+
+def unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load refused `path`, in words that do not pass on torch's advice to retry with
+    weights_only=False: that would run whatever code a file from anywhere holds."""
+    forbidden = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    if forbidden:
+        return (
+            f"'{path}' is not a checkpoint this trainer reads: it holds an object of class "
+            f"{forbidden[1]}, and a checkpoint holds only tensors and plain data (loading any "
+            f"other object can run code from the file)"
+        )
+    return f"'{path}' is not a readable checkpoint (truncated, or not a file torch.save wrote)"
 
 
 def is_full_checkpoint(checkpoint: dict[str, Any]) -> bool:
@@ -212,7 +226,41 @@ def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any]) -> None
     try:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, ValueError) as error:
-        first = str(error).strip().splitlines()[0]
         raise CheckpointError(
-            f"'{checkpoint.get('path', 'checkpoint')}' does not fit the model: {first}"
+            f"'{checkpoint.get('path', 'checkpoint')}' does not fit the model: "
+            f"{state_dict_mismatch(str(error))}"
         ) from None
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "
+    r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)"
+)
+
+
+def state_dict_mismatch(message: str, shown: int = 3) -> str:
+    """torch's many-line load_state_dict error in one line: the missing and unexpected keys and
+    the size mismatches (name, shapes), the first `shown` of each and how many there are. A line
+    in another form than torch's (or GPT.load_state_dict's own ValueError) is kept as it is."""
+    lines = [line.strip() for line in message.strip().splitlines()]
+    if lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    missing, unexpected, sizes, other = [], [], [], []
+    for line in lines:
+        size = _SIZE_MISMATCH.match(line)
+        if line.startswith("Missing key(s)"):
+            missing += re.findall(r'"([^"]+)"', line)
+        elif line.startswith("Unexpected key(s)"):
+            unexpected += re.findall(r'"([^"]+)"', line)
+        elif size:
+            file_shape, model_shape = (shape.replace(" ", "") for shape in size.group(2, 3))
+            sizes.append(f"{size[1]} {file_shape} in the file, {model_shape} in the model")
+        else:
+            other.append(line)
+
+    def listed(what: str, items: list[str]) -> list[str]:
+        more = f" and {len(items) - shown} more" if len(items) > shown else ""
+        return [f"{what} {len(items)}: {', '.join(items[:shown])}{more}"] if items else []
+
+    parts = listed("missing keys", missing) + listed("unexpected keys", unexpected)
+    return "; ".join(parts + listed("tensors of another shape", sizes) + other)

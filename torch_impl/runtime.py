@@ -149,6 +149,14 @@ class Distributed:
         return range(self.rank * per_rank, (self.rank + 1) * per_rank)
 
 
+RANK_0_GRACE_S = 10  # how long a rank other than 0 waits for rank 0 to report a shared mistake
+
+
+def processes_from_env() -> int:
+    """The number of processes of this torchrun job; a plain `python -m` run is one."""
+    return int(os.environ["WORLD_SIZE"]) if "RANK" in os.environ else 1
+
+
 def distributed_from_env(gradient_accumulation_steps: int) -> Distributed:
     """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python -m` run sets none."""
     if "RANK" not in os.environ:
@@ -157,9 +165,16 @@ def distributed_from_env(gradient_accumulation_steps: int) -> Distributed:
         int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     )
     if gradient_accumulation_steps % ctx.world_size:
+        if not ctx.is_master:
+            # Every rank finds the same mistake and rank 0 alone says it. The others wait for the
+            # launcher to stop them once rank 0 has exited: exiting first would make torchrun
+            # stop rank 0 (within 0.1 s) perhaps before it has printed the line.
+            time.sleep(RANK_0_GRACE_S)
+            raise SystemExit(2)
         raise UserError(
-            f"--gradient_accumulation_steps ({gradient_accumulation_steps}) must be a "
-            f"multiple of the number of processes ({ctx.world_size}): each runs an equal share"
+            f"--gradient_accumulation_steps {gradient_accumulation_steps} is not a multiple of "
+            f"the {ctx.world_size} processes, which each run an equal share; use a multiple of "
+            f"{ctx.world_size}, or leave it unset for one micro-batch per process"
         )
     return ctx
 

@@ -21,6 +21,7 @@ import torch
 
 from ref_numpy.data import decode, encode, load_meta
 from ref_numpy.errors import UserError
+from ref_numpy.train.config import option
 from ref_numpy.train.options import parse_config, run_main
 from torch_impl.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
 from torch_impl.model import ATTENTION_BACKENDS, GPT
@@ -40,21 +41,32 @@ PROMPT_FILE_PREFIX = "FILE:"
 class SampleConfig:
     """The sampling options; names are nanoGPT's `sample.py` flags where it has them."""
 
-    out_dir: str = "out"  # reads out_dir/ckpt.pt, unless --ckpt names a file
-    ckpt: str | None = None
-    meta: str | None = None  # vocabulary for a checkpoint without one: meta.pkl or meta.json
-    start: str = "\n"  # the prompt; FILE:path reads it from a UTF-8 file
-    num_samples: int = 10
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # < 1 sharpens the distribution, > 1 flattens it
-    top_k: int | None = 200  # sample among the k likeliest tokens only (none: all)
-    seed: int = 1337
-    device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps
-    # auto: bfloat16 autocast on a GPU that has it, else float32. float32/float64 set the
-    # parameters' dtype; bfloat16/float16 keep float32 parameters and autocast the matmuls.
-    dtype: str = "auto"
-    kv_cache: bool = True
-    attention: str = "sdpa"
+    out_dir: str = option("out", "the run whose out_dir/ckpt.pt is sampled, unless --ckpt")
+    ckpt: str | None = option(None, "a checkpoint file to sample; none: out_dir/ckpt.pt")
+    meta: str | None = option(
+        None,
+        "the vocabulary of a checkpoint without one (meta.pkl or meta.json); "
+        "none: the checkpoint's own",
+    )
+    start: str = option("\n", "the prompt; FILE:path reads it from a UTF-8 file")
+    num_samples: int = option(10, "samples to print")
+    max_new_tokens: int = option(500, "tokens generated per sample")
+    temperature: float = option(0.8, "< 1 sharpens the distribution, > 1 flattens it")
+    top_k: int | None = option(200, "sample among the k likeliest tokens only; none: all")
+    seed: int = option(1337, "seed of the sampling: a seed reproduces the samples")
+    device: str = option("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
+    dtype: str = option(
+        "auto",
+        "auto (bfloat16 on a GPU that has it, else float32), float32, float64, bfloat16 or "
+        "float16: float32/float64 set the parameters' dtype, bfloat16/float16 autocast the "
+        "matmuls over float32 parameters",
+    )
+    kv_cache: bool = option(True, "keep the keys and values of past tokens (faster, same text)")
+    attention: str = option(
+        "sdpa",
+        "sdpa (torch's fused attention, flash on GPUs), manual (the softmax materialised) or "
+        "triton (this project's kernels)",
+    )
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "max_new_tokens"):

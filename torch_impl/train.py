@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import signal
 import sys
 from collections.abc import Sequence
@@ -33,11 +34,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ref_numpy.data import decode
-from ref_numpy.flops import mfu
+from ref_numpy.flops import flops_per_token, mfu
 from ref_numpy.gpt import init_params
 from ref_numpy.train.batches import MicroBatchStreams, TrainingData, load_training_data
 from ref_numpy.train.loop import LoopState, Trainer, train_loop
+from ref_numpy.train.machine import MeasuredPeak
 from ref_numpy.train.options import run_main
+from ref_numpy.train.run_dir import check_free_space, claim_run_dir
 from ref_numpy.train.run_log import RunLog
 from torch_impl.checkpoint import (
     capture,
@@ -47,13 +50,16 @@ from torch_impl.checkpoint import (
     restore,
     save_checkpoint,
 )
+from torch_impl.memory_check import check_run_memory
 from torch_impl.model import GPT
 from torch_impl.numpy_bridge import load_numpy_params
 from torch_impl.runtime import (
     Distributed,
     StopSignal,
     autocast_for,
+    datasheet_peak,
     distributed_from_env,
+    matmul_ceiling,
     parameter_dtype,
     resolve_device,
     resolve_dtype,
@@ -67,21 +73,24 @@ from torch_impl.train_config import TorchTrainConfig, config_for_run
 def main(argv: Sequence[str] | None = None) -> None:
     config, checkpoint = config_for_run(argv, __doc__.splitlines()[0])
     ctx = distributed_from_env(config.gradient_accumulation_steps)
-    device = resolve_device(config.device)
-    if ctx.enabled and device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(device)
-    dtype = resolve_dtype(config.dtype, device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
-        torch.backends.cudnn.allow_tf32 = True
-    if ctx.enabled:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        train(config, checkpoint, ctx, device, dtype)
-    finally:
+    with contextlib.ExitStack() as held:
+        if ctx.is_master:  # rank 0 writes the run's files: its folder is checked and locked first
+            new_run = config.init_from != "resume"
+            run_dir = claim_run_dir(config.out_dir, new_run=new_run, overwrite=config.overwrite)
+            held.enter_context(run_dir)
+            config = dataclasses.replace(config, out_dir=str(run_dir.folder))
+        device = resolve_device(config.device)
+        if ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+            torch.cuda.set_device(device)
+        dtype = resolve_dtype(config.dtype, device)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
+            torch.backends.cudnn.allow_tf32 = True
         if ctx.enabled:
-            dist.destroy_process_group()
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            held.callback(dist.destroy_process_group)
+        train(config, checkpoint, ctx, device, dtype)
 
 
 def load_data(config: TorchTrainConfig, ctx: Distributed) -> TrainingData:
@@ -133,11 +142,13 @@ def wrap_for_steps(
     compiled = torch.compile(model) if use_compile else model
     if not ctx.enabled:
         return compiled, compiled
-    # the causal mask is the only buffer and a constant: nothing to broadcast each forward
+    # the causal mask is the only buffer and a constant: nothing to broadcast each forward.
+    # torch 2.13 renamed broadcast_buffers to forward_sync_buffers (the old name now warns, once
+    # per rank); torch 2.11, on some GPU machines, knows only the old name.
+    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    no_sync = {"forward_sync_buffers" if renamed else "broadcast_buffers": False}
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(
-        compiled, device_ids=device_ids, broadcast_buffers=False
-    ), compiled
+    return DistributedDataParallel(compiled, device_ids=device_ids, **no_sync), compiled
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -158,6 +169,7 @@ class TorchTrainer(Trainer):
     peak_flops: float
     stop: StopSignal
     autocast: torch.autocast | None = None
+    measured_peak: MeasuredPeak | None = None  # where peak_flops is a measured matmul ceiling
 
     @property
     def name(self) -> str:
@@ -206,14 +218,26 @@ class TorchTrainer(Trainer):
         self.stop.signum = int(flag.item()) or None
         return self.stop.signum is not None
 
+    def after_storage_failure(self, state: LoopState) -> str:
+        if state.last_saved_iter is None:
+            return "no checkpoint of this run was written yet; free some space and start again"
+        return (
+            f"'{self.checkpoint_path}' (iteration {state.last_saved_iter}) is kept; free some "
+            f"space, then continue with --init_from resume --out_dir {self.config.out_dir}"
+        )
+
     @functools.cached_property
     def n_params(self) -> int:
         return self.model.get_num_params()
 
-    def mfu(self, tokens_per_second: float) -> float:
-        """Against the device's peak, for this rank's share of the tokens."""
+    def mfu(self, tokens_per_second: float) -> float | None:
+        """Against the device's peak, for this rank's share of the tokens; against a measured
+        ceiling, re-measured when exceeded (`ref_numpy.train.machine.MeasuredPeak`)."""
         per_device = tokens_per_second / self.ctx.world_size
-        return mfu(self.model.config, per_device, self.peak_flops, n_params=self.n_params)
+        if self.measured_peak is None:
+            return mfu(self.model.config, per_device, self.peak_flops, n_params=self.n_params)
+        achieved = flops_per_token(self.model.config, self.n_params) * per_device
+        return self.measured_peak.mfu_of(achieved)
 
 
 def train(
@@ -225,6 +249,7 @@ def train(
 ) -> None:
     resume = config.init_from == "resume"
     data = load_data(config, ctx)
+    check_run_memory(config, checkpoint, data, ctx, device, dtype)  # before any parameter
     model, config = build_model(config, checkpoint, data, device, dtype)
     # the optimizer, and where the run stands: from scratch, or restored from the checkpoint
     optimizer = model.configure_optimizers(
@@ -244,6 +269,12 @@ def train(
     # the loop
     step_model, eval_model = wrap_for_steps(model, config, ctx, device)
     peak, peak_source = resolve_peak_flops(config.peak_flops, device, dtype)
+    measured_peak = None
+    if config.peak_flops is None and datasheet_peak(device, dtype)[0] is None:
+        measured_peak = MeasuredPeak(lambda: matmul_ceiling(device, dtype), peak)
+    if ctx.is_master:  # a checkpoint holds the weights and AdamW's two moments of each
+        size = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+        check_free_space(Path(config.out_dir), size, "a checkpoint")
     log = RunLog(config.out_dir, config, state.iter_num if resume else None, ctx.is_master)
     if ctx.is_master:
         announce(config, checkpoint, model, optimizer, state, ctx, device, dtype)
@@ -262,6 +293,7 @@ def train(
         peak_flops=peak,
         stop=StopSignal(),
         autocast=autocast_for(device, dtype),
+        measured_peak=measured_peak,
     )
     with trainer.stop:
         completed = train_loop(config, data, log, trainer, streams, state)

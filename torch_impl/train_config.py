@@ -14,27 +14,39 @@ from typing import Any, ClassVar
 import torch
 
 from ref_numpy.errors import UserError
-from ref_numpy.train.config import TrainConfig
+from ref_numpy.train.config import TrainConfig, option
 from ref_numpy.train.options import read_overrides
 from torch_impl.checkpoint import CheckpointError, is_full_checkpoint, load_checkpoint
 from torch_impl.model import ATTENTION_BACKENDS
-from torch_impl.runtime import DTYPES
+from torch_impl.runtime import DTYPES, processes_from_env
 
 
 @dataclass
 class TorchTrainConfig(TrainConfig):
-    device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps
-    # auto: bfloat16 autocast on a GPU that has it, else float32. float32/float64 set the
-    # parameters' dtype; bfloat16/float16 keep float32 parameters and autocast the matmuls
-    # (float16 with a GradScaler).
-    dtype: str = "auto"
-    compile: bool | None = None  # None: on for CUDA, off elsewhere
-    attention: str = "sdpa"  # sdpa (flash on GPUs), manual (materialised softmax), triton
-    fused_adamw: bool | None = None  # None: fused wherever this torch supports it
-    # scratch; resume (out_dir/ckpt.pt, exactly where it stopped); or a checkpoint file of this
-    # trainer or of nanoGPT, whose weights start a new run
-    init_from: str = "scratch"
-    peak_flops: float | None = None  # MFU denominator; None: GPU datasheet, else measured matmul
+    device: str = option("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
+    dtype: str = option(
+        "auto",
+        "auto (bfloat16 on a GPU that has it, else float32), float32, float64, bfloat16 or "
+        "float16: float32/float64 set the parameters' dtype, bfloat16/float16 autocast the "
+        "matmuls over float32 parameters (float16 with a GradScaler)",
+    )
+    compile: bool | None = option(None, "torch.compile the model; none: on for CUDA, off elsewhere")
+    attention: str = option(
+        "sdpa",
+        "sdpa (torch's fused attention, flash on GPUs), manual (the softmax materialised) or "
+        "triton (this project's kernels)",
+    )
+    fused_adamw: bool | None = option(
+        None, "AdamW's fused kernel; none: fused wherever this torch supports it"
+    )
+    init_from: str = option(
+        "scratch",
+        "scratch; resume (out_dir/ckpt.pt, exactly where it stopped); or a checkpoint file of "
+        "this trainer or of nanoGPT, whose weights start a new run",
+    )
+    peak_flops: float | None = option(
+        None, "FLOP/s that MFU divides by; none: the GPU's datasheet peak, else a measured matmul"
+    )
 
     # A GPU trains GPT-2 small's shape (12 layers, 12 heads, 768 wide, 1024 context) on the
     # character corpus, with GPT-2's optimizer settings, in a few minutes on one H100.
@@ -78,6 +90,10 @@ class TorchTrainConfig(TrainConfig):
             raise UserError(f"--peak_flops must be positive, got {self.peak_flops}")
         if self.attention == "triton" and self.dropout > 0:
             raise UserError("--attention triton has no attention dropout; use --dropout 0 or sdpa")
+
+    def process_count(self) -> int:
+        """The processes of this torchrun job (1 without torchrun), for one micro-batch each."""
+        return processes_from_env()
 
     @classmethod
     def device_defaults(cls, device: str) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """The training options both trainers read: nanoGPT's names, checked before any work starts.
 
 Defaults train a small GPT on the character corpus in minutes on a 2-core CPU; the torch trainer
-adds its own options and GPU-sized defaults (`torch_impl.train.TorchTrainConfig`).
+adds its own options and GPU-sized defaults (`torch_impl.train_config.TorchTrainConfig`).
+Each option carries its one-line help (`option`): the `--help` of both programs prints it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ref_numpy.config import GPTConfig
 from ref_numpy.data import default_data_dir
@@ -15,50 +17,76 @@ from ref_numpy.errors import UserError
 from ref_numpy.schedule import get_lr
 
 
+def option(default: Any, help: str) -> Any:
+    """A dataclass field with its one-line `--help` text, the option's only documentation."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """nanoGPT's training options (same names), sized to train in minutes on a 2-core CPU."""
 
     # I/O
-    out_dir: str = "out"
-    eval_interval: int = 250
-    log_interval: int = 10
-    eval_iters: int = 10  # batches per split per evaluation
-    eval_only: bool = False  # evaluate once (e.g. a loaded checkpoint) and stop
-    # data: the Shakespeare corpus unless `text` names a UTF-8 file
-    text: str | None = None
-    data_dir: str | None = None  # default: data/shakespeare_char or data/<text stem>_char
-    gradient_accumulation_steps: int = 1
-    batch_size: int = 32
-    block_size: int = 64
+    out_dir: str = option("out", "folder of the run's log.jsonl, loss.png and weights")
+    overwrite: bool = option(
+        False,
+        "start a new run in --out_dir even if it holds a previous run's checkpoint and log, "
+        "replacing them (without it, a new run goes to the first free out_dir-2, out_dir-3, ...)",
+    )
+    eval_interval: int = option(
+        250, "iterations between evaluations (and the torch trainer's checkpoints)"
+    )
+    log_interval: int = option(10, "iterations between logged training losses")
+    eval_iters: int = option(10, "batches per split per evaluation")
+    eval_only: bool = option(False, "evaluate once (e.g. a loaded checkpoint) and stop")
+    # data
+    text: str | None = option(None, "a UTF-8 text file to train on; none: the Shakespeare corpus")
+    data_dir: str | None = option(
+        None,
+        "folder of the prepared data (train.bin, val.bin, meta.json); "
+        "none: data/shakespeare_char, or data/<text stem>_<content key>_char for --text",
+    )
+    gradient_accumulation_steps: int | None = option(
+        None,
+        "micro-batches per optimizer step, shared evenly by the processes of a torchrun job; "
+        "none: one per process",
+    )
+    batch_size: int = option(32, "sequences per micro-batch")
+    block_size: int = option(64, "context length in tokens (characters)")
     # model
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True
-    gelu: str = "erf"
+    n_layer: int = option(4, "transformer blocks")
+    n_head: int = option(4, "attention heads per block; must divide --n_embd")
+    n_embd: int = option(128, "width of the residual stream")
+    dropout: float = option(0.0, "dropout probability (0: none)")
+    bias: bool = option(True, "biases in the Linear and LayerNorm layers")
+    gelu: str = option("erf", "GELU form: erf (nanoGPT) or tanh (GPT-2's approximation)")
     # AdamW
-    learning_rate: float = 2e-3
-    max_iters: int = 2000
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 disables clipping
+    learning_rate: float = option(2e-3, "peak learning rate, reached at the end of the warmup")
+    max_iters: int = option(2000, "optimizer steps of the whole run")
+    weight_decay: float = option(0.1, "AdamW weight decay of the 2-D parameters")
+    beta1: float = option(0.9, "AdamW decay rate of the gradient's mean")
+    beta2: float = option(0.99, "AdamW decay rate of the gradient's square")
+    grad_clip: float = option(1.0, "clip the gradient's global norm to this (0: no clipping)")
     # learning-rate schedule
-    decay_lr: bool = True
-    warmup_iters: int = 100
-    lr_decay_iters: int | None = None  # None: max_iters
-    min_lr: float = 2e-4
+    decay_lr: bool = option(
+        True, "warmup, then cosine decay to --min_lr (false: --learning_rate throughout)"
+    )
+    warmup_iters: int = option(100, "iterations of linear warmup")
+    lr_decay_iters: int | None = option(
+        None, "iteration where the cosine decay reaches --min_lr; none: --max_iters"
+    )
+    min_lr: float = option(2e-4, "learning rate at the end of the decay")
     # the rest
-    seed: int = 1337
-    sample_tokens: int = 300  # characters generated at the end (0: none)
-    temperature: float = 0.8
-    top_k: int | None = None
+    seed: int = option(1337, "seed of the initial weights, the batches and dropout")
+    sample_tokens: int = option(300, "characters generated at the end (0: none)")
+    temperature: float = option(0.8, "temperature of that sample (< 1 sharpens, > 1 flattens)")
+    top_k: int | None = option(None, "sample among the k likeliest tokens only; none: all")
 
     def __post_init__(self) -> None:
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.max_iters
+        if self.gradient_accumulation_steps is None:  # resolved once, so a checkpoint keeps it
+            self.gradient_accumulation_steps = self.process_count()
         positive = (
             "eval_interval",
             "log_interval",
@@ -70,23 +98,33 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_iters", "warmup_iters", "sample_tokens", "lr_decay_iters"):
+        for name in ("max_iters", "warmup_iters", "sample_tokens", "lr_decay_iters", "seed"):
             if getattr(self, name) < 0:
-                raise UserError(f"--{name} must not be negative, got {getattr(self, name)}")
-        if (
-            self.learning_rate <= 0
-            or self.min_lr < 0
-            or self.weight_decay < 0
-            or self.grad_clip < 0
-        ):
+                raise UserError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        if self.seed >= 2**63:  # torch.manual_seed takes a 64-bit seed (plus the rank)
+            raise UserError(f"--seed must be below 2**63, got {self.seed}")
+        if not self.learning_rate > 0:
+            raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
+        for name in ("min_lr", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        if not self.grad_clip >= 0:
+            raise UserError(f"--grad_clip must be 0 (no clipping) or more, got {self.grad_clip}")
+        if self.decay_lr and self.min_lr > self.learning_rate:
             raise UserError(
-                "--learning_rate must be positive; --min_lr, --weight_decay, --grad_clip >= 0"
+                f"--min_lr {self.min_lr} is above --learning_rate {self.learning_rate}: the "
+                f"cosine decay (--decay_lr true) would raise the learning rate, not lower it; "
+                f"lower --min_lr or raise --learning_rate"
             )
         if self.temperature <= 0:
             raise UserError(f"--temperature must be positive, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise UserError(f"--top_k must be at least 1, got {self.top_k}")
         self.model_config(vocab_size=1)  # n_embd % n_head, gelu, dropout: fail before any work
+
+    def process_count(self) -> int:
+        """The processes that share an optimizer step: one, as the NumPy trainer runs."""
+        return 1
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The GPTConfig these options describe, for a vocabulary of `vocab_size` tokens."""

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from ref_numpy.errors import UserError
+from ref_numpy.files import StorageError
 from ref_numpy.train.batches import MicroBatchStreams, TrainingData, eval_batches, unigram_loss
 from ref_numpy.train.config import TrainConfig
+from ref_numpy.train.machine import warn_if_loaded
 from ref_numpy.train.run_log import RunLog
 
 
@@ -60,6 +62,10 @@ class Trainer:
     def mfu(self, tokens_per_second: float) -> float | None:
         """Model FLOPs utilisation of this throughput, for the log; None where not measured."""
         return None
+
+    def after_storage_failure(self, state: LoopState) -> str:
+        """What a user who ran out of storage mid-run still has, and how to go on."""
+        return "free some space and start the run again"
 
 
 class Evaluation:
@@ -127,8 +133,25 @@ def train_loop(
     Evaluates every `eval_interval` iterations and at the end, saving after each evaluation
     past the starting point (the state at the start is the checkpoint it came from). Returns
     True when the run reached max_iters (or, with eval_only, evaluated once), False when the
-    trainer asked it to stop, which it did after saving.
+    trainer asked it to stop, which it did after saving. Storage that fails mid-run (a full
+    disk) ends it with a StorageError that says what was kept and how to go on.
     """
+    if trainer.is_master:
+        warn_if_loaded()
+    try:
+        return _train_loop(config, data, log, trainer, streams, state)
+    except StorageError as error:
+        raise StorageError(f"{error}; {trainer.after_storage_failure(state)}") from error
+
+
+def _train_loop(
+    config: TrainConfig,
+    data: TrainingData,
+    log: RunLog,
+    trainer: Trainer,
+    streams: MicroBatchStreams,
+    state: LoopState,
+) -> bool:
     if state.iter_num > config.max_iters:
         raise UserError(
             f"the checkpoint is at iteration {state.iter_num}, past --max_iters {config.max_iters}"

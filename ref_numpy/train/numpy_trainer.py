@@ -6,9 +6,11 @@ hand-written NumPy model. Writes out_dir/log.jsonl, out_dir/loss.png and out_dir
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,9 +24,11 @@ from ref_numpy.sample import generate
 from ref_numpy.step import estimate_loss, train_step
 from ref_numpy.train.allocator import keep_freed_memory
 from ref_numpy.train.batches import MicroBatchStreams, load_training_data
-from ref_numpy.train.config import TrainConfig
+from ref_numpy.train.config import TrainConfig, option
 from ref_numpy.train.loop import LoopState, Trainer, train_loop
+from ref_numpy.train.memory import check_numpy_run
 from ref_numpy.train.options import parse_config
+from ref_numpy.train.run_dir import check_free_space, claim_run_dir
 from ref_numpy.train.run_log import RunLog
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -32,8 +36,8 @@ DTYPES = {"float64": np.float64, "float32": np.float32}
 
 @dataclass
 class NumpyTrainConfig(TrainConfig):
-    out_dir: str = "out-numpy"
-    dtype: str = "float32"  # float32 or float64
+    out_dir: str = option("out-numpy", "folder of the run's log.jsonl, loss.png and params.npz")
+    dtype: str = option("float32", "float32 or float64: the parameters' and all arithmetic's")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,9 +66,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(
         NumpyTrainConfig, argv, __doc__.splitlines()[0], "python -m ref_numpy.train"
     )
+    # the run folder first: created, write-tested and locked before any work (run_dir.py)
+    with claim_run_dir(config.out_dir, new_run=True, overwrite=config.overwrite) as run_dir:
+        train(dataclasses.replace(config, out_dir=str(run_dir.folder)))
+
+
+def train(config: NumpyTrainConfig) -> None:
     keep_freed_memory()
     data = load_training_data(config)
     cfg = config.model_config(data.vocab_size)
+    check_numpy_run(config, cfg, np.dtype(DTYPES[config.dtype]).itemsize)
     params = init_params(cfg, seed=config.seed, dtype=DTYPES[config.dtype])
     optimizer = AdamW(
         params,
@@ -72,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         betas=(config.beta1, config.beta2),
         weight_decay=config.weight_decay,
     )
-    log = RunLog(config.out_dir, config)
     n_params = sum(p.size for p in params.values())
+    check_free_space(Path(config.out_dir), n_params * DTYPES[config.dtype]().itemsize, "params.npz")
+    log = RunLog(config.out_dir, config)
     print(f"NumPy GPT, {n_params:,} parameters, {config.dtype}")
     trainer = NumpyTrainer(params, cfg, optimizer, config.grad_clip)
     train_loop(config, data, log, trainer, MicroBatchStreams(data, config), LoopState())

@@ -1,9 +1,11 @@
 """The command line of the project's programs: options from a dataclass's fields, read from a
 TOML or JSON file and from `--key value` / `--key=value` flags, checked against the field types;
-and `run_main`, which turns a user's mistake into one `error:` line and an exit code.
+`--help` prints each field's one-line help (its `help` metadata, `ref_numpy.train.config.option`)
+and default; and `run_main`, which turns a user's mistake into one `error:` line and an exit code.
 
-Exit codes: 2 for a user's mistake (`ref_numpy.errors.UserError`, and argparse's own), 1 for a
-run that failed on its own (`TrainingFailed`, a diverged loss), 130 for a second Ctrl-C.
+Exit codes: 2 for a user's mistake (`ref_numpy.errors.UserError`, which argparse's own mistakes
+become too), 1 for a run that failed on its own (`TrainingFailed`, a diverged loss), 130 for a
+second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import sys
 import tomllib
 import types
@@ -18,7 +21,7 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ref_numpy.errors import UserError
 from ref_numpy.train.loop import TrainingFailed
@@ -30,7 +33,23 @@ def _parse_bool(text: str) -> bool:
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    raise ValueError(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+# how a flag's text becomes a value, and what the error says it should have been
+_KINDS: dict[type, tuple[Callable[[str], Any], str, str]] = {
+    bool: (_parse_bool, "true or false", "BOOL"),
+    int: (int, "an integer", "INT"),
+    float: (_parse_float, "a finite number", "FLOAT"),
+    str: (str, "text", "STR"),
+}
 
 
 def _optional_inner(annotation: Any) -> Any | None:
@@ -42,14 +61,22 @@ def _optional_inner(annotation: Any) -> Any | None:
 
 
 def _parser_for(annotation: Any) -> Callable[[str], Any]:
-    """The argparse `type` for a dataclass field annotation (str, int, float, bool, X | None)."""
+    """The argparse `type` for a dataclass field annotation (str, int, float, bool, X | None);
+    its error reads `must be an integer, got 'abc'`."""
     inner = _optional_inner(annotation)
+    convert, expected, _ = _KINDS[inner or annotation]
     if inner is not None:
-        parse_inner = _parser_for(inner)
-        return lambda text: None if text.lower() == "none" else parse_inner(text)
-    if annotation is bool:
-        return _parse_bool
-    return annotation
+        expected += " or none"
+
+    def parse(text: str) -> Any:
+        if inner is not None and text.lower() == "none":
+            return None
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+
+    return parse
 
 
 def _type_name(annotation: Any) -> str:
@@ -69,7 +96,12 @@ def _checked_value(name: str, value: Any, annotation: Any, source: str) -> Any:
         return value
     if annotation is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if (
+        annotation is float
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    ):
         return float(value)
     if annotation is str and isinstance(value, str):
         return value
@@ -105,27 +137,91 @@ def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
     return {k: _checked_value(k, v, hints[k], f"config file '{path}'") for k, v in values.items()}
 
 
+class _OptionParser(argparse.ArgumentParser):
+    """argparse whose mistakes are a UserError (one `error:` line), not a usage block and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message}; see {self.prog} --help")
+
+    def parse_flags(self, argv: Sequence[str] | None) -> dict[str, Any]:
+        try:
+            flags, unknown = self.parse_known_args(argv)
+        except argparse.ArgumentError as error:  # exit_on_error=False: a flag's value is wrong
+            name, message = error.argument_name, error.message
+            if name is None:
+                self.error(message)
+            if message == "expected one argument":  # argparse takes -1e-4 for an option
+                message = f"needs a value; write {name}=VALUE for a value that starts with -"
+            raise UserError(f"{name} {message}") from None
+        if unknown:
+            self.error(self._unknown(unknown))
+        return vars(flags)
+
+    def _unknown(self, unknown: list[str]) -> str:
+        flag = next((arg for arg in unknown if arg.startswith("-")), None)
+        if flag is None:
+            return f"unexpected value {unknown[0]!r}: options are written --name value"
+        flag = flag.split("=", 1)[0]
+        names = [name for action in self._actions for name in action.option_strings]
+        close = difflib.get_close_matches(flag, names, n=1)
+        return f"unknown option {flag}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _shown(value: Any) -> str:
+    """A default as a user would write it: none, true, false, 0.002, out; '\\n' for a newline."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str) and not (value.isprintable() and value.strip() == value != ""):
+        return repr(value)
+    return str(value)
+
+
 def read_overrides(
     cls: type, argv: Sequence[str] | None, description: str, prog: str | None = None
 ) -> dict[str, Any]:
     """The options a user set: `--config FILE` (TOML or JSON), then `--key value` / `--key=value`
     flags, which win. Options left unset are absent, so that defaults can depend on the device
-    or, on resume, come from the checkpoint."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    or, on resume, come from the checkpoint.
+
+    `--help` shows each field's help and default, and its GPU default where `cls` has
+    `GPU_DEFAULTS` (the torch trainer's); a bool option alone (`--compile`) means true.
+    """
+    gpu_defaults = getattr(cls, "GPU_DEFAULTS", {})
+    epilog = "Options come from the defaults, then --config FILE, then flags, which win."
+    if gpu_defaults:
+        epilog += " GPU: the default where --device resolves to a CUDA GPU."
+    parser = _OptionParser(
+        prog=prog,
+        description=description,
+        usage="%(prog)s [--config FILE] [--option VALUE ...]",
+        epilog=epilog,
+        exit_on_error=False,
+        # one line per option, unwrapped (`--help | grep GPU`), after the longest flag
+        formatter_class=lambda prog: argparse.RawTextHelpFormatter(prog, max_help_position=40),
+    )
     parser.add_argument(
-        "--config", metavar="FILE", default=None, help="a TOML or JSON file of options"
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="a TOML or JSON file of options: a flat table of the names below",
     )
     hints = typing.get_type_hints(cls)
     for field in fields(cls):
         annotation = hints[field.name]
+        default = f"default: {_shown(field.default)}"
+        if gpu_defaults.get(field.name, field.default) != field.default:
+            default += f"; GPU: {_shown(gpu_defaults[field.name])}"
+        line = " ".join(filter(None, [field.metadata.get("help"), f"({default})"]))
+        is_bool = (_optional_inner(annotation) or annotation) is bool
         parser.add_argument(
             f"--{field.name}",
             type=_parser_for(annotation),
             default=argparse.SUPPRESS,
-            metavar=annotation.__name__ if isinstance(annotation, type) else "VALUE",
-            help=f"(default: {field.default})",
+            metavar=_KINDS[_optional_inner(annotation) or annotation][2],
+            help=line.replace("%", "%%"),  # argparse formats help with %
+            **({"nargs": "?", "const": True} if is_bool else {}),
         )
-    flags = vars(parser.parse_args(argv))
+    flags = parser.parse_flags(argv)
     config_file = flags.pop("config")
     from_file = read_config_file(cls, config_file) if config_file is not None else {}
     return {**from_file, **flags}

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ref_numpy.files import atomic_write_bytes
+from ref_numpy.files import append_text, atomic_write, atomic_write_bytes
 
 
 class RunLog:
@@ -40,20 +40,23 @@ class RunLog:
         self.write(header)
 
     def _read(self) -> list[dict]:
+        """The records of the log; a line that does not read as one (torn or garbled by a killed
+        process, even into bytes that are not UTF-8) is skipped, so it never blocks a resume."""
         records = []
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_bytes().splitlines():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by the kill
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 continue
+            if isinstance(record, dict):
+                records.append(record)
         return records
 
     def write(self, record: dict) -> None:
         if not self.active:
             return
         self.records.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
 
     def plot(self, title: str) -> Path:
         """Training loss per iteration and train/val loss at each evaluation, as a PNG."""
@@ -86,6 +89,8 @@ class RunLog:
         ax.legend()
         fig.tight_layout()
         path = self.out_dir / "loss.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        try:
+            atomic_write(path, lambda file: fig.savefig(file, format="png", dpi=120))
+        finally:
+            plt.close(fig)
         return path
