@@ -1,12 +1,22 @@
 """AdamW with decoupled weight decay on the 2-D parameters only, and global-norm clipping.
 
 AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", Algorithm 2) shrinks the
-parameters directly, p <- p (1 - lr * wd), instead of adding wd * p to the gradient, where Adam's
-per-coordinate normalisation would undo it. nanoGPT decays only tensors with ndim >= 2 (the
-matmul and embedding weights); biases and LayerNorm gains are 1-D, and pulling them toward 0
-would fight the scale and shift the network needs, with no capacity to regularise in return.
-The arithmetic below is torch.optim.AdamW's, operation for operation, so the two agree to
-float64 rounding.
+parameters directly instead of adding wd * p to the gradient, where Adam's division by
+sqrt(v_hat) would rescale the decay of each coordinate by its gradient history (an L2 penalty
+under Adam is not weight decay). How much it shrinks per step is a convention:
+
+- Loshchilov & Hutter: theta <- theta - eta_t (alpha * m_hat / (sqrt(v_hat) + eps) + lambda
+  theta), eta_t the schedule multiplier and alpha the base step size; the decay per step is
+  eta_t * lambda, scaled by the schedule but not by alpha.
+- torch.optim.AdamW, nanoGPT and this module: p <- p (1 - lr * wd), lr the current learning
+  rate (alpha * eta_t in the paper's terms); the decay per step is scaled by the learning rate
+  itself, so torch's wd equals the paper's lambda / alpha, and a weight_decay of 0.1 at lr 6e-4
+  is the paper's lambda = 6e-5.
+
+nanoGPT decays only tensors with ndim >= 2 (the matmul and embedding weights); biases and
+LayerNorm gains are 1-D, and pulling them toward 0 would fight the scale and shift the network
+needs, with no capacity to regularise in return. The arithmetic below is torch.optim.AdamW's,
+operation for operation, so the two agree to float64 rounding.
 """
 
 from __future__ import annotations
@@ -61,7 +71,8 @@ class AdamW:
         for name, p in self.params.items():
             g, m, v = grads[name], self.m[name], self.v[name]
             if name in self.decay_names:
-                p *= 1 - lr * self.weight_decay  # decoupled decay, before the Adam step
+                # decoupled decay, before the Adam step, scaled by lr (torch's convention)
+                p *= 1 - lr * self.weight_decay
             m += (1 - beta1) * (g - m)  # m_t = beta1 m_{t-1} + (1 - beta1) g_t, as torch's lerp
             v *= beta2
             v += (1 - beta2) * (g * g)  # v_t = beta2 v_{t-1} + (1 - beta2) g_t^2

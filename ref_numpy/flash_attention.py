@@ -4,15 +4,19 @@ Softmax can be computed in one streaming pass that keeps a running max m and a r
 rescaling l by exp(m_old - m_new) whenever the max grows (Milakov & Gimelshein 2018, "Online
 normalizer calculation for softmax"). Applied to blocks of keys, the same rescaling lets each
 block of queries accumulate its output O_i tile by tile and store only O and the row
-logsumexp L; the backward pass recomputes the probabilities from L (Dao 2023,
-"FlashAttention-2", Algorithm 1 (forward) and Algorithm 2 (backward)).
+logsumexp L. The backward pass keeps no T x T matrix either: it recomputes the scores
+S_ij = Q_i K_j^T / sqrt(d) from Q and K, and the stored L turns them into the exact probabilities,
+P_ij = exp(S_ij - L_i) (Dao 2023, "FlashAttention-2", Algorithm 1 (forward) and Algorithm 2
+(backward)). That recomputation is arithmetic the naive backward does not do: hardware FLOPs
+beyond the model's (`ref_numpy.flops.model_and_hardware_flops`).
 
 "Flash attention needs O(n) memory" is right about the *extra* memory only: beyond its O(T d)
 inputs and outputs it keeps L (T numbers) where the naive path keeps S and P (T^2 each), as
 `peak_memory_bytes` measures. It is not O(n) overall (Q, K, V, O are T x d), and its main gain
 is slow-memory traffic, not arithmetic: the tiles do the same matmuls (the causal skip saves
-about half, and the backward adds a recomputation of S), while `hbm_traffic_bytes` counts 4 T^2
-elements of S and P moved by the naive path against the K, V re-reads of the tiled one.
+about half, and the backward adds a recomputation of S), while `hbm_traffic_bytes` counts, from
+the loops (a model of the traffic, not a measurement), 4 T^2 elements of S and P moved by the
+naive path against the K, V re-reads of the tiled one.
 """
 
 from __future__ import annotations
@@ -109,7 +113,14 @@ def flash_attention_forward(
     block_q: int = 64,
     block_k: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """O [..., T_q, d] and L = logsumexp of the scaled scores per row [..., T_q], tile by tile."""
+    """O [..., T_q, d] and L = logsumexp of the scaled scores per row [..., T_q], tile by tile.
+
+    For query block i, after key block j (m_i = -inf, l_i = 0, O_i = 0 before the first):
+        m_i^(j) = max(m_i^(j-1), rowmax S_ij),   P_ij = exp(S_ij - m_i^(j)),
+        l_i^(j) = exp(m_i^(j-1) - m_i^(j)) l_i^(j-1) + rowsum P_ij,
+        O_i^(j) = exp(m_i^(j-1) - m_i^(j)) O_i^(j-1) + P_ij V_j;
+    after the last block, O_i = O_i / l_i and L_i = m_i + log l_i.
+    """
     if causal:
         _check_causal(q, k)
     scale = 1.0 / math.sqrt(q.shape[-1])  # folded into S_ij; the paper leaves it out
@@ -145,8 +156,9 @@ def flash_attention_forward(
 
 
 # ----------------------------------------------------------------------------- backward
-# With P_ij = exp(S_ij - L_i) recomputed from the stored L (no T x T matrix is kept), the
-# gradients are those of `ref_numpy.layers.attention_backward`, summed tile by tile:
+# With S_ij recomputed from Q_i and K_j, and P_ij = exp(S_ij - L_i) from it and the stored L
+# (no T x T matrix is kept), the gradients are those of `ref_numpy.layers.attention_backward`,
+# summed tile by tile:
 #   dV_j = sum_i P_ij^T dO_i,  dP_ij = dO_i V_j^T,  dS_ij = P_ij * (dP_ij - D_i),
 #   dQ_i = scale sum_j dS_ij K_j,  dK_j = scale sum_i dS_ij^T Q_i,  D = rowsum(dO * O).
 def flash_attention_backward(
@@ -183,7 +195,7 @@ def flash_attention_backward(
             S_ij = (Q_i @ np.swapaxes(K_j, -1, -2)) * scale  # line 9
             if mask:
                 _mask_above_diagonal(S_ij, rows, cols)
-            P_ij = np.exp(S_ij - L[..., r, :])  # line 10: exact probabilities, from L_i
+            P_ij = np.exp(S_ij - L[..., r, :])  # line 10: exact probabilities: S_ij and L_i
             dV_j += np.swapaxes(P_ij, -1, -2) @ dO_i  # line 11
             dP_ij = dO_i @ np.swapaxes(V_j, -1, -2)  # line 12   [..., B_r, B_c]
             dS_ij = P_ij * (dP_ij - D[..., r, :])  # line 13

@@ -7,20 +7,26 @@ with respect to the input and with respect to the weight: 4 FLOPs), hence 6N. At
 matmuls with no parameters: the scores q @ k^T and the mix scores @ v each cost 2*Q FLOPs per
 head, per query, per key, so 4*H*Q*T per layer forward and three times that forward plus
 backward: 12*L*H*Q*T. (L layers, H heads, Q = head size, T = context length; like PaLM and nanoGPT
-that estimate lets every query see all T keys, ignoring the causal mask.) llm.c counts the causal
-half instead: 6N + 6*L*C*T.
+that estimate lets every query see all T keys, ignoring the causal mask.) llm.c's
+`gpt2_estimate_mfu` counts the causal half, 6N + 6*L*C*T, and with its own N: every parameter,
+the position table wpe included (`flops_per_token_llmc`).
 
 Neither formula is the exact matmul count, and `compare_with_formulas` says by how much. N holds
 the biases and LayerNorm parameters, which do no matmul: for GPT-2 124M (T = 1024) the exact count
 of the NumPy forward and backward (`exact_matmul_flops`) is 854,654,976 FLOPs per token, 728,064
-(= 6 x 121,344 one-dimensional parameters) below nanoGPT's 855,383,040. The embedding lookup is
-no matmul and wpe is rightly left out of N; wte is rightly kept, because the tied lm_head is a
-V x C matmul. Whether attention is counted whole or half is a convention, not an error: a kernel
-that skips masked tiles does half.
+(= 6 x 121,344 one-dimensional parameters) below nanoGPT's 855,383,040; llm.c's N adds wpe's
+786,432 lookup-only parameters on top (tests/test_flops.py pins these integers exactly). The
+embedding lookup is no matmul and nanoGPT rightly leaves wpe out of N; wte is rightly kept,
+because the tied lm_head is a V x C matmul. Whether attention is counted whole or half is a
+convention, not an error: a kernel that skips masked tiles does half.
 
-Model FLOPs utilisation (`mfu`) is the FLOP/s this estimate implies for a measured throughput,
-divided by the device's peak FLOP/s (`PEAK_FLOPS`, vendor datasheets) or by a measured matmul
-ceiling (`matmul_ceiling`, NumPy's here; `torch_impl.runtime.matmul_ceiling`, torch's).
+These are model FLOPs: the arithmetic the model needs. The hardware can do more: flash attention's
+backward recomputes the scores S = Q K^T instead of storing them (`recompute_scores`), so the
+hardware FLOPs exceed the model FLOPs, and `count_matmul_flops` counts what a NumPy function
+actually multiplies. Model FLOPs utilisation (`mfu`) is the FLOP/s the estimate implies for a
+measured throughput, divided by the device's peak FLOP/s (`PEAK_FLOPS`, vendor datasheets) or by a
+measured matmul ceiling (`matmul_ceiling`, NumPy's here; `torch_impl.runtime.matmul_ceiling`,
+torch's); hardware FLOPs utilisation (HFU) divides the hardware FLOP/s instead.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import time
 import numpy as np
 
 from ref_numpy.config import GPTConfig
-from ref_numpy.gpt import param_shapes
+from ref_numpy.gpt import backward, forward, init_params, param_shapes
+from ref_numpy.layers import NAIVE_ATTENTION, Attention
 
 
 def count_params(cfg: GPTConfig, non_embedding: bool = True) -> int:
@@ -63,18 +70,33 @@ def flops_per_token(cfg: GPTConfig, n_params: int | None = None) -> float:
     return float(6 * N + 12 * L * H * Q * T)
 
 
-def flops_per_token_causal(cfg: GPTConfig, n_params: int | None = None) -> float:
-    """Training FLOPs per token in llm.c's causal convention: 6N + 6*L*C*T, T = block_size.
+def flops_per_token_llmc(cfg: GPTConfig, n_params: int | None = None) -> float:
+    """Training FLOPs per token as llm.c's `gpt2_estimate_mfu` counts them: 6N + 6*L*C*T.
 
-    Half of nanoGPT's attention term (H*Q = C): under the causal mask a query sees on average
-    about T/2 keys, and a kernel that skips the masked tiles does only that half.
+    Two differences from nanoGPT's `flops_per_token`. The attention term is half of nanoGPT's
+    (H*Q = C): under the causal mask a query sees on average about T/2 keys, and a kernel that
+    skips the masked tiles does only that half. And N is llm.c's `num_parameters`: every
+    parameter, the position table wpe included (`n_params` defaults to it), although looking wpe
+    up is no matmul.
     """
-    N = count_params(cfg) if n_params is None else n_params
+    N = count_params(cfg, non_embedding=False) if n_params is None else n_params
     L, C, T = cfg.n_layer, cfg.n_embd, cfg.block_size
     return float(6 * N + 6 * L * C * T)
 
 
-def exact_matmul_flops(cfg: GPTConfig, T: int, causal_skip: bool = False) -> dict:
+def pad_vocab_size(vocab_size: int, multiple: int = 64) -> int:
+    """The vocabulary rounded up to a multiple of `multiple`, as nanoGPT pads GPT-2's 50257 to
+    50304 (= 64 x 786). The extra rows of wte / lm_head are never a target; they make the lm_head
+    matmul's V dimension divide into the GPU's tile sizes (a speed claim for GPUs, which the
+    notebook does not measure)."""
+    if vocab_size < 1 or multiple < 1:
+        raise ValueError(f"need vocab_size >= 1 and multiple >= 1, got {vocab_size}, {multiple}")
+    return -(-vocab_size // multiple) * multiple
+
+
+def exact_matmul_flops(
+    cfg: GPTConfig, T: int, causal_skip: bool = False, recompute_scores: bool = False
+) -> dict:
     """FLOPs per token of every matmul in `ref_numpy.gpt`'s forward and backward, by term.
 
     A matmul [m, k] @ [k, n] costs 2*m*n*k. Per token (m = 1 row of the batch) a Linear
@@ -83,15 +105,19 @@ def exact_matmul_flops(cfg: GPTConfig, T: int, causal_skip: bool = False) -> dic
     backward does four such matmuls (dv, dprobs, dq, dk). With `causal_skip` the attention terms
     are halved, as a kernel that skips the masked half of the T x T scores does (exactly it would
     do T(T+1)/2 entries, or more with whole diagonal tiles; half is the convention).
-    Terms: "embedding" (a lookup, 0), "lm_head", "linear" (c_attn, c_proj, c_fc, mlp c_proj),
-    "attention" (the four T^2 matmuls); each with "forward", "backward", "total".
+    With `recompute_scores` the backward does a fifth T^2 matmul, S = q @ k^T again, as flash
+    attention's backward does (FlashAttention-2, Algorithm 2, line 9): hardware FLOPs, where the
+    default counts model FLOPs. Terms: "embedding" (a lookup, 0), "lm_head", "linear" (c_attn,
+    c_proj, c_fc, mlp c_proj), "attention" (the T^2 matmuls); each with "forward", "backward",
+    "total".
     """
     C, L, V, H, Q = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.n_head, cfg.head_size
     linear_forward = L * 2 * (C * 3 * C + C * C + C * 4 * C + 4 * C * C)
     lm_head_forward = 2 * C * V
     attention_fraction = 0.5 if causal_skip else 1.0
     attention_forward = L * H * (2 * T * Q + 2 * T * Q) * attention_fraction  # scores, mix
-    attention_backward = L * H * 4 * (2 * T * Q) * attention_fraction  # dv, dprobs, dq, dk
+    backward_matmuls = 5 if recompute_scores else 4  # (S again,) dv, dprobs, dq, dk
+    attention_backward = L * H * backward_matmuls * (2 * T * Q) * attention_fraction
     terms = {
         "embedding": (0, 0),
         "lm_head": (lm_head_forward, 2 * lm_head_forward),
@@ -111,17 +137,19 @@ def exact_matmul_flops(cfg: GPTConfig, T: int, causal_skip: bool = False) -> dic
 def compare_with_formulas(cfg: GPTConfig, T: int | None = None) -> dict:
     """The exact matmul count beside nanoGPT's and llm.c's formulas, term by term.
 
-    Both formulas use 6N for the parameter matmuls, N = `count_params(cfg)`: wpe excluded (a
-    lookup), wte included (it is the lm_head). N also holds every bias and LayerNorm parameter,
-    which do no matmul: `one_dimensional_params` of them, 6 FLOPs each, are the whole difference
-    between 6N and the exact lm_head + linear terms. The attention term of nanoGPT equals the
-    exact full-T^2 count, llm.c's the causal half. T defaults to block_size, the formulas' T.
+    nanoGPT's 6N uses N = `count_params(cfg)`: wpe excluded (a lookup), wte included (it is the
+    lm_head). That N still holds every bias and LayerNorm parameter, which do no matmul:
+    `one_dimensional_params` of them, 6 FLOPs each, are the whole difference between 6N and the
+    exact lm_head + linear terms. llm.c's 6N uses its own N, every parameter ("llmc_n_params"):
+    the `wpe_params` add 6 FLOPs each on top. nanoGPT's attention term equals the exact full-T^2
+    count, llm.c's the causal half. T defaults to block_size, the formulas' T.
     """
     T = cfg.block_size if T is None else T
     full = exact_matmul_flops(cfg, T)
     causal = exact_matmul_flops(cfg, T, causal_skip=True)
     C, L = cfg.n_embd, cfg.n_layer
     N = count_params(cfg)
+    N_llmc = count_params(cfg, non_embedding=False)
     one_dimensional = sum(shape[0] for shape in param_shapes(cfg).values() if len(shape) == 1)
     exact_parameter_matmuls = full["lm_head"]["total"] + full["linear"]["total"]
     formula_attention_nanogpt = float(12 * L * cfg.n_head * cfg.head_size * T)
@@ -129,8 +157,11 @@ def compare_with_formulas(cfg: GPTConfig, T: int | None = None) -> dict:
     return {
         "T": T,
         "n_params": N,
+        "llmc_n_params": N_llmc,
+        "wpe_params": N_llmc - N,
         "one_dimensional_params": one_dimensional,
         "six_n": float(6 * N),
+        "six_n_llmc": float(6 * N_llmc),
         "exact_parameter_matmuls": exact_parameter_matmuls,
         "six_n_minus_exact": float(6 * N) - exact_parameter_matmuls,
         "nanogpt_attention": formula_attention_nanogpt,
@@ -138,10 +169,66 @@ def compare_with_formulas(cfg: GPTConfig, T: int | None = None) -> dict:
         "llmc_attention": formula_attention_causal,
         "exact_attention_causal_skip": causal["attention"]["total"],
         "nanogpt": float(6 * N) + formula_attention_nanogpt,
-        "llmc": float(6 * N) + formula_attention_causal,
+        "llmc": float(6 * N_llmc) + formula_attention_causal,  # = flops_per_token_llmc
         "exact": full["total"]["total"],
         "exact_causal_skip": causal["total"]["total"],
     }
+
+
+def model_and_hardware_flops(
+    cfg: GPTConfig, T: int | None = None, causal_skip: bool = False
+) -> dict:
+    """Model FLOPs per token (the exact matmul count, what MFU credits) against hardware FLOPs
+    (the same plus flash attention's recomputation of S = q @ k^T in the backward, what the
+    device executes), their difference and ratio. HFU = MFU x ratio for the same run."""
+    T = cfg.block_size if T is None else T
+    model = exact_matmul_flops(cfg, T, causal_skip)["total"]["total"]
+    hardware = exact_matmul_flops(cfg, T, causal_skip, recompute_scores=True)["total"]["total"]
+    return {
+        "model": model,
+        "hardware": hardware,
+        "recompute": hardware - model,
+        "ratio": hardware / model,
+    }
+
+
+class MatmulFlopCounter:
+    """Counts the FLOPs of every matmul done on arrays it has wrapped: `counter.wrap(a)` returns
+    a view of `a` whose `@` (np.matmul) adds 2*m*n*k to `counter.flops`. Results stay wrapped,
+    so everything computed from wrapped inputs is counted: a measurement of what a NumPy function
+    multiplies, to hold beside the formulas (np.matmul is a ufunc, hence `__array_ufunc__`)."""
+
+    def __init__(self) -> None:
+        self.flops = 0
+        counter = self
+
+        class Counted(np.ndarray):
+            def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+                inputs = tuple(_plain(x) for x in inputs)
+                if out is not None:
+                    kwargs["out"] = tuple(_plain(x) for x in out)
+                result = getattr(ufunc, method)(*inputs, **kwargs)
+                if ufunc is np.matmul and method == "__call__":
+                    counter.flops += 2 * result.size * inputs[0].shape[-1]  # 2 x outputs x k
+                if out is not None:
+                    return out[0] if len(out) == 1 else out
+                return result.view(Counted) if isinstance(result, np.ndarray) else result
+
+        def _plain(x):
+            return x.view(np.ndarray) if isinstance(x, Counted) else x
+
+        self._type = Counted
+
+    def wrap(self, array: np.ndarray) -> np.ndarray:
+        return np.asarray(array).view(self._type)
+
+
+def count_matmul_flops(function, *arrays: np.ndarray, **kwargs) -> tuple[object, int]:
+    """`function(*arrays, **kwargs)` with its arrays wrapped by a `MatmulFlopCounter`: the result
+    and the matmul FLOPs it did."""
+    counter = MatmulFlopCounter()
+    result = function(*(counter.wrap(a) for a in arrays), **kwargs)
+    return result, counter.flops
 
 
 # Dense peak FLOP/s (no 2:4 sparsity) from NVIDIA's datasheets; "bf16"/"fp16" are tensor-core
@@ -214,3 +301,22 @@ def matmul_ceiling(n: int = 2048, dtype=np.float32, repeats: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+def measured_training_flops(
+    cfg: GPTConfig,
+    batch_size: int = 2,
+    T: int | None = None,
+    attention: Attention = NAIVE_ATTENTION,
+) -> int:
+    """Matmul FLOPs per token of one forward and backward of the NumPy GPT (`ref_numpy.gpt`),
+    counted by `MatmulFlopCounter` on random tokens: with `NAIVE_ATTENTION` the model FLOPs of
+    `exact_matmul_flops(cfg, T)`, with `flash_attention.FLASH_ATTENTION` what the tiled backward
+    executes (compare `recompute_scores=True`, and `causal_skip`, which skips only whole tiles)."""
+    T = cfg.block_size if T is None else T
+    counter = MatmulFlopCounter()
+    params = {name: counter.wrap(p) for name, p in init_params(cfg, seed=0).items()}
+    idx = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, T))
+    cache = forward(params, cfg, idx, idx, attention=attention)[2]
+    backward(cache)
+    return counter.flops // (batch_size * T)

@@ -4,6 +4,8 @@ float64: online softmax and the tiled forward and backward agree with the two-pa
 materialised computations to rounding (1e-14, 1e-12). float32: DESIGN.md's 2x rule against a
 float64 reference. The GPT trained with FLASH_ATTENTION tracks the naive run to 1e-12. Memory
 and traffic: measured peaks at small T, and the traffic formulas checked on a case by hand.
+Arithmetic: the backward recomputes S from Q and K (one matmul per tile more than the naive
+backward's four), and exp(S - L) is the softmax.
 """
 
 import math
@@ -27,6 +29,7 @@ from ref_numpy.flash_attention import (
     peak_memory_bytes,
     tile_map,
 )
+from ref_numpy.flops import MatmulFlopCounter
 from ref_numpy.gpt import GPTConfig, backward, forward, init_params
 from tests.numerics import central_difference_grad, rel_error
 
@@ -184,3 +187,28 @@ def test_tile_map_by_hand_and_against_traffic():
     T, d, b = 256, 8, 32
     visited = int((tile_map(T, b, b) != S).sum())
     assert hbm_traffic_bytes(T, d, "flash", b, b, 1)["read_KV"] == 2 * visited * b * d
+
+
+def test_backward_recomputes_scores_from_q_and_k_and_l_gives_the_probabilities(rng):
+    """Counted matmul by matmul: the naive backward does 4 T^2 d-matmuls (dV, dP, dQ, dK), the
+    tiled one 5 per visited tile, S_ij = Q_i K_j^T again; with the stored L, exp(S - L) is
+    softmax(S) to rounding, so no T x T matrix had to be kept."""
+    T, d, b = 96, 16, 32
+    q, k, v, do = (rng.standard_normal((2, T, d)) for _ in range(4))
+    one_matmul = 2 * T * T * d  # [T, d] @ [d, T], per (batch x head)
+    naive = MatmulFlopCounter()
+    _, cache = layers.attention_forward(*(naive.wrap(x) for x in (q, k, v)))
+    forward_flops = naive.flops
+    layers.attention_backward(naive.wrap(do), cache)
+    assert (forward_flops, naive.flops - forward_flops) == (2 * 2 * one_matmul, 2 * 4 * one_matmul)
+    for causal in (False, True):
+        o, lse = flash_attention_forward(q, k, v, causal=causal, block_q=b, block_k=b)
+        tiled = MatmulFlopCounter()
+        flash_attention_backward(*(tiled.wrap(x) for x in (q, k, v, o, lse, do)), causal, b, b)
+        visited = int((tile_map(T, b, b, causal) != TILE_SKIPPED).sum())
+        assert tiled.flops == 2 * 5 * visited * (2 * b * b * d)
+    o, lse = flash_attention_forward(q, k, v, causal=False)
+    S = q @ np.swapaxes(k, -1, -2) / math.sqrt(d)
+    softmax = np.exp(S - S.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.exp(S - lse[..., None]), softmax, rtol=1e-13, atol=0)

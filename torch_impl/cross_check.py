@@ -3,8 +3,9 @@
 Both sides start from the same parameters (`ref_numpy.gpt.init_params`), draw the same batches
 (a `BatchSampler` each, same seed), follow the same warmup + cosine schedule, clip at 1.0 and
 decay at 0.1, through the trainers' own `train_step` functions; torch uses SDPA attention and
-fused AdamW. In float64 the two loss curves agree to rounding (~1e-15 per step); in float32 both
-NumPy and torch are judged against the NumPy float64 run. This mirrors tests/test_training_run.py.
+fused AdamW. In float64 the two loss curves agree to rounding (tests/test_cross_check.py holds
+every step under 1e-13; notebook 07 prints the errors); in float32 both NumPy and torch are judged
+against the NumPy float64 run. This mirrors tests/test_training_run.py.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from torch_impl.model import GPT
 from torch_impl.numpy_bridge import load_numpy_params, numpy_params
 from torch_impl.step import train_step as torch_train_step
 
-# At learning rate 3e-3 the two float64 runs agree to rounding (~1e-15 per step). At 1e-2 this
-# tiny model trains in a chaotic regime: the same rounding differences grow ~1e5-fold in 50
-# steps (measured: 2e-10 on the last losses), which tests the dynamics, not the arithmetic.
+# At learning rate 3e-3 the two float64 runs agree to rounding at every step. At 1e-2 this tiny
+# model trains in a chaotic regime: the same rounding differences grow more than 1e4-fold over
+# the 50 steps, which would test the dynamics, not the arithmetic (tests/test_cross_check.py
+# pins both). MIN_LR is a tenth of the peak rate.
 LR, MIN_LR, WARMUP, WEIGHT_DECAY, BETAS, GRAD_CLIP = 3e-3, 3e-4, 10, 0.1, (0.9, 0.95), 1.0
 
 
@@ -48,17 +50,20 @@ def numpy_run(
     seed: int,
     dtype,
     accumulation: int = 1,
+    *,
+    lr: float = LR,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Losses of `steps` NumPy training steps in `dtype`, and the final parameters; each step
-    accumulates the gradients of `accumulation` micro-batches."""
+    accumulates the gradients of `accumulation` micro-batches. `lr` is the peak learning rate
+    (warmup, then cosine decay to a tenth of it)."""
     params = init_params(cfg, seed=seed, dtype=dtype)
-    optimizer = AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
+    optimizer = AdamW(params, lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
     sampler = BatchSampler(data, cfg.block_size, batch_size, seed=seed)
     losses = []
     for it in range(steps):
-        lr = get_lr(it, LR, WARMUP, steps, MIN_LR)
+        lr_it = get_lr(it, lr, WARMUP, steps, lr * MIN_LR / LR)
         micro = [sampler.next_batch() for _ in range(accumulation)]
-        losses.append(numpy_train_step(params, cfg, optimizer, micro, lr, GRAD_CLIP)[0])
+        losses.append(numpy_train_step(params, cfg, optimizer, micro, lr_it, GRAD_CLIP)[0])
     return np.array(losses, dtype=np.float64), params
 
 
@@ -76,27 +81,29 @@ def torch_run(
     attention: str = "sdpa",
     fused: bool = True,
     compile_model: bool = False,
+    lr: float = LR,
 ) -> tuple[np.ndarray, GPT]:
     """Losses of `steps` torch training steps (same init and batches as `numpy_run`), and the model.
 
     The parameters are held in `dtype` on `device`; with `autocast` (torch.bfloat16, say) the
     forward runs under autocast to it, as `torch_impl.train` does on a GPU. `attention` picks the
-    model's attention path, `fused` fused AdamW (else foreach), `compile_model` torch.compile.
+    model's attention path, `fused` fused AdamW (else foreach), `compile_model` torch.compile;
+    `lr` the peak learning rate, as in `numpy_run`.
     The model returned is the uncompiled one (its parameters are the trained ones either way).
     """
     device = torch.device(device)
     model = GPT(cfg, attention=attention).to(device=device, dtype=dtype)
     load_numpy_params(model, init_params(cfg, seed=seed))  # cast to the model's dtype
-    optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, device.type, fused=fused)
+    optimizer = model.configure_optimizers(WEIGHT_DECAY, lr, BETAS, device.type, fused=fused)
     step_model = torch.compile(model) if compile_model else model
     context = torch.autocast(device.type, dtype=autocast) if autocast is not None else None
     sampler = BatchSampler(data, cfg.block_size, batch_size, seed=seed)
     losses = []
     for it in range(steps):
-        lr = get_lr(it, LR, WARMUP, steps, MIN_LR)
+        lr_it = get_lr(it, lr, WARMUP, steps, lr * MIN_LR / LR)
         micro = [sampler.next_batch() for _ in range(accumulation)]
         losses.append(
-            torch_train_step(step_model, optimizer, micro, lr, GRAD_CLIP, autocast=context)[0]
+            torch_train_step(step_model, optimizer, micro, lr_it, GRAD_CLIP, autocast=context)[0]
         )
     return np.array(losses, dtype=np.float64), model
 
@@ -122,13 +129,25 @@ def cross_check_runs(
     Returns per-step losses ("numpy64", "torch64", and with `float32` "numpy32", "torch32"),
     per-step relative loss differences against the NumPy float64 run ("step_error_torch64",
     "step_error_numpy32", "step_error_torch32": |a - b| / |b|), the final-parameter relative
-    errors ("param_error_*"), the float64 torch model ("torch_model") and the vocabulary ("chars").
+    errors ("param_error_*"), the float64 torch model ("torch_model"), the vocabulary ("chars"),
+    the settings ("steps", "batch_size", "lr", "grad_clip", "weight_decay") and the loss of the
+    unigram baseline on the training split ("unigram_loss", `unigram_loss`).
     """
     meta = ensure_prepared(data_dir)
     data = load_split(data_dir, "train")
     cfg = small_config(meta["vocab_size"])
     reference_losses, reference_params = numpy_run(cfg, data, steps, batch_size, seed, np.float64)
-    result = {"config": cfg, "chars": meta["chars"], "numpy64": reference_losses}
+    result = {
+        "config": cfg,
+        "chars": meta["chars"],
+        "numpy64": reference_losses,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": LR,
+        "grad_clip": GRAD_CLIP,
+        "weight_decay": WEIGHT_DECAY,
+        "unigram_loss": unigram_loss(data, cfg.vocab_size),
+    }
     runs = {"torch64": lambda: torch_run(cfg, data, steps, batch_size, seed, torch.float64)}
     if float32:
         runs["numpy32"] = lambda: numpy_run(cfg, data, steps, batch_size, seed, np.float32)
@@ -145,6 +164,15 @@ def cross_check_runs(
             flat_params(final), flat_params(reference_params)
         )
     return result
+
+
+def unigram_loss(tokens: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats per token) of predicting every token from the tokens' frequencies in
+    `tokens` alone, ignoring all context: their entropy. A model must beat it to have learnt
+    anything beyond which characters are common."""
+    counts = np.bincount(tokens, minlength=vocab_size).astype(np.float64)
+    frequencies = counts[counts > 0] / counts.sum()
+    return float(-(frequencies * np.log(frequencies)).sum())
 
 
 def sample_text(

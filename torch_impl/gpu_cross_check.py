@@ -15,9 +15,9 @@ against the float64 reference must be at most twice its plain yardstick's, plus 
 roundoff of the precision (the most that rounding a single number to it moves it, relative).
 Three errors, each relative to the reference and averaged over five seeds: the whole loss curve
 (norm of the difference), its worst step, and the final validation loss. Training amplifies
-rounding chaotically, so for one seed the ratio of two runs' errors scatters (measured on the
-CPU over 200 steps: 0.2 to 3.6 for bf16 final validation losses), while the mean over seeds,
-each seed its own initialisation and batches, is stable. Prints them, saves JSON and a
+rounding chaotically, so for one seed the ratio of two runs' errors scatters (notebook 07 prints
+the seed-by-seed ratios of the saved CPU run), while the mean over seeds, each seed its own
+initialisation and batches, is stable. Prints them, saves JSON and a
 figure, and exits 1 if a check fails. With `--device cpu` the same runs take place on the CPU
 (without compile unless asked), which is how the tests exercise it without a GPU.
 """

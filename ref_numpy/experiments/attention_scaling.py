@@ -3,29 +3,33 @@
 For q, k in R^d with independent unit-variance entries, q.k is a sum of d products of mean 0 and
 variance 1, so E[q.k] = 0 and Var[q.k] = d; dividing by sqrt(d) makes the variance 1 at every
 head size (Vaswani et al. 2017, section 3.2.1, footnote 4). A common explanation says "the dot
-product is about d": it is not, its mean is 0 (`dot_product_stats()`, 20 000 pairs, seed 0, at
-d = 1024: mean -0.7 +- 0.2, variance 1000 +- 10; scaled 0.98 +- 0.01). What grows is the spread,
-and the spread saturates the softmax: over 64 keys at d = 1024 (`softmax_saturation()`) unscaled
-rows have mean max probability 0.95 and entropy 0.13 nats (log 64 = 4.16) against 0.11 and 3.69
-scaled, and the Jacobian diag(p) - p p^T, through which every gradient to q and k passes, falls
-from 0.18 to 0.07 in Frobenius norm. In training (`training_comparison`, 300 steps on
-Shakespeare, loss averaged over the last 20 steps) it shows with a large head: with head size 32
-the losses agree (2.61 scaled, 2.60 unscaled), with one head of 256 unscaled ends at 2.58, scaled
-at 2.32.
+product is about d": its mean is 0, what grows is its spread. A wide spread makes softmax rows
+nearly one-hot, and the softmax Jacobian diag(p) - p p^T, through which every gradient to q and k
+passes, vanishes on a one-hot row. The same explanation's example softmax(0.5, 1.2, 1.8) =
+(0.2, 0.35, 0.45) is wrong: it is (0.15, 0.30, 0.55) to two decimals (`softmax`; the tests pin
+it).
+
+The experiments: `dot_product_stats` (sample moments of q.k against the theory),
+`softmax_saturation` (random rows as d grows) and `train_and_record`, one training run with
+the attention scale 1/sqrt(D) or 1 that records the loss and the attention's row entropy per
+step (the specification of `torch_impl.attention_scaling`, which repeats it over head sizes and
+seeds). Their measured numbers are printed by notebooks/01_attention_scaling.ipynb, not quoted
+here; tests/test_attention_scaling.py checks the moments within standard errors of the theory and
+the trends with d.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from ref_numpy.adamw import AdamW
-from ref_numpy.data import DEFAULT_DATA_DIR, BatchSampler, ensure_prepared, load_split
-from ref_numpy.gpt import GPTConfig, init_params
-from ref_numpy.layers import NAIVE_ATTENTION, UNSCALED_ATTENTION, Attention
+from ref_numpy.data import BatchSampler
+from ref_numpy.experiments.seeds import mean_and_standard_error
+from ref_numpy.gpt import GPTConfig, forward, init_params
+from ref_numpy.layers import Attention, attention_backward, attention_forward
 from ref_numpy.schedule import get_lr
 from ref_numpy.step import train_step
 
@@ -83,9 +87,15 @@ def softmax_jacobian_norm(p: np.ndarray) -> np.ndarray:
     return np.linalg.norm(jacobian, axis=(-2, -1))  # [..., T, T] -> [...]
 
 
-def _softmax(scores: np.ndarray) -> np.ndarray:
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """softmax over the last axis, shifted by the row maximum (the result is the same)."""
     exp = np.exp(scores - scores.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def row_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy in nats of each row of p [..., T]; 0 log 0 counts as 0 (masked entries)."""
+    return -(p * np.log(np.maximum(p, np.finfo(p.dtype).tiny))).sum(axis=-1)
 
 
 def softmax_saturation(
@@ -109,10 +119,9 @@ def softmax_saturation(
             ]
         )  # [n_rows, T] q.k_j
         for variant, row_scores in (("unscaled", scores), ("scaled", scores / math.sqrt(d))):
-            p = _softmax(row_scores)  # [n_rows, T]
-            entropy = -(p * np.log(np.maximum(p, np.finfo(p.dtype).tiny))).sum(axis=-1)
+            p = softmax(row_scores)  # [n_rows, T]
             results.setdefault(f"max_prob_{variant}", []).append(float(p.max(axis=-1).mean()))
-            results.setdefault(f"entropy_{variant}", []).append(float(entropy.mean()))
+            results.setdefault(f"entropy_{variant}", []).append(float(row_entropy(p).mean()))
             results.setdefault(f"jacobian_norm_{variant}", []).append(
                 float(softmax_jacobian_norm(p).mean())
             )
@@ -120,60 +129,100 @@ def softmax_saturation(
     return out | {key: np.array(values) for key, values in results.items()}
 
 
-def _train(
-    attention: Attention,
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Means of `window` consecutive entries along the last axis, [..., n] -> [..., n - window + 1]
+    (the plots smooth the noisy per-step losses with it before averaging over seeds)."""
+    kernel = np.ones(window) / window
+    return np.apply_along_axis(np.convolve, -1, values, kernel, mode="valid")
+
+
+def attention_row_statistics(probs: np.ndarray) -> tuple[float, float]:
+    """Mean entropy (nats) and mean largest probability of the rows of probs [..., T_q, T_k]."""
+    return float(row_entropy(probs).mean()), float(probs.max(axis=-1).mean())
+
+
+def uniform_causal_entropy(T: int) -> float:
+    """Mean entropy of causal rows that spread evenly over the keys they see: mean_t log(t + 1)."""
+    return float(np.log(np.arange(1, T + 1)).mean())
+
+
+def recording_attention(scale: float | None, record: list[tuple[float, float]]) -> Attention:
+    """The materialised attention (scale None: 1/sqrt(D); 1.0: unscaled) that appends, on each
+    forward, the mean entropy and largest probability of its rows (over B, H, T) to `record`."""
+
+    def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray):
+        out, cache = attention_forward(q, k, v, scale=scale)
+        record.append(attention_row_statistics(cache.probs))
+        return out, cache
+
+    return Attention(forward, attention_backward)
+
+
+# The training runs' settings, shared with the torch mirror (torch_impl.attention_scaling).
+VARIANTS = {"scaled": None, "unscaled": 1.0}  # the attention scale: None is 1/sqrt(head size)
+ADAMW_BETAS = (0.9, 0.99)  # nanoGPT's Shakespeare-char setting: small batches, faster beta2
+WEIGHT_DECAY = 0.1
+VAL_SEED = 10_000  # the validation batches: one fixed draw, the same for every run
+
+
+def learning_rate_at(it: int, steps: int, learning_rate: float) -> float:
+    """Warmup over the first tenth of the run, then cosine decay to a tenth of the peak."""
+    return get_lr(it, learning_rate, max(1, steps // 10), steps, learning_rate / 10)
+
+
+def train_and_record(
+    scale: float | None,
     cfg: GPTConfig,
     data: np.ndarray,
+    val_batches: Sequence[tuple[np.ndarray, np.ndarray]],
     steps: int,
     batch_size: int,
     learning_rate: float,
     seed: int,
-    dtype,
-) -> np.ndarray:
+    dtype=np.float64,
+) -> dict[str, np.ndarray]:
+    """Train the NumPy GPT with attention scale `scale` (None: 1/sqrt(D); 1.0: unscaled).
+
+    The seed fixes the init and the batches. Returns per step the training loss (`loss`) and the
+    attention's mean row entropy in nats (`entropy`) and mean largest probability (`max_prob`),
+    averaged over batch, heads, rows and layers, and after the last step the mean loss on
+    `val_batches` (`val_loss`). The specification of torch_impl.attention_scaling's runs.
+    """
     params = init_params(cfg, seed=seed, dtype=dtype)
-    optimizer = AdamW(params, lr=learning_rate, betas=(0.9, 0.99), weight_decay=0.1)
+    optimizer = AdamW(params, lr=learning_rate, betas=ADAMW_BETAS, weight_decay=WEIGHT_DECAY)
     sampler = BatchSampler(data, cfg.block_size, batch_size, seed=seed)
-    warmup_iters = max(1, steps // 10)
+    record: list[tuple[float, float]] = []
+    attention = recording_attention(scale, record)
     losses = np.empty(steps)
     for it in range(steps):
-        lr = get_lr(it, learning_rate, warmup_iters, steps, learning_rate / 10)
+        lr = learning_rate_at(it, steps, learning_rate)
         batch = [sampler.next_batch()]
         losses[it] = train_step(params, cfg, optimizer, batch, lr, 1.0, attention)[0]
-    return losses
-
-
-def training_comparison(
-    steps: int = 300,
-    data: np.ndarray | None = None,
-    vocab_size: int | None = None,
-    data_dir: str | Path = DEFAULT_DATA_DIR,
-    large_head: bool = False,
-    n_layer: int = 2,
-    block_size: int = 32,
-    batch_size: int = 8,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-    dtype=np.float32,
-) -> dict[str, np.ndarray]:
-    """Train the NumPy GPT twice, scaled (NAIVE_ATTENTION) and unscaled (UNSCALED_ATTENTION).
-
-    Same seed, init and batches; only the 1/sqrt(d) differs. The model has n_embd 64 and 2 heads
-    (head size 32), or with `large_head` n_embd 256 and 1 head (head size 256), where unscaled
-    scores start out 16 times larger in spread. `data` is a uint16 token array with
-    `vocab_size`; without it, the train split of `data_dir` (prepared if missing).
-    Returns `step`, `loss_scaled`, `loss_unscaled` (training loss per step) and `config`.
-    """
-    if data is None:
-        vocab_size = ensure_prepared(data_dir)["vocab_size"]
-        data = load_split(data_dir, "train")
-    elif vocab_size is None:
-        raise ValueError("pass vocab_size together with data")
-    n_embd, n_head = (256, 1) if large_head else (64, 2)
-    cfg = GPTConfig(
-        block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd
-    )
-    runs = {
-        f"loss_{name}": _train(attention, cfg, data, steps, batch_size, learning_rate, seed, dtype)
-        for name, attention in (("scaled", NAIVE_ATTENTION), ("unscaled", UNSCALED_ATTENTION))
+    per_layer = np.array(record).reshape(steps, cfg.n_layer, 2).mean(axis=1)  # [steps, 2]
+    # the validation forwards append to `record` too, after it has been read
+    val_loss = np.mean([forward(params, cfg, x, y, attention=attention)[1] for x, y in val_batches])
+    return {
+        "loss": losses,
+        "entropy": per_layer[:, 0],
+        "max_prob": per_layer[:, 1],
+        "val_loss": np.array(val_loss),
     }
-    return {"step": np.arange(steps), **runs, "config": cfg.to_dict()}
+
+
+def final_summary(result: dict[str, np.ndarray], last_steps: int = 10) -> dict[str, np.ndarray]:
+    """Mean and standard error over seeds, per head size, of the runs of a training comparison.
+
+    `result` holds `val_loss_*` [head sizes, seeds] and `entropy_*`, `max_prob_*` [head sizes,
+    seeds, steps] for * in scaled, unscaled. Returns `val_loss_*`, `entropy_*`, `max_prob_*`
+    (the last two averaged over the last `last_steps` steps of each run first) and `val_loss_gap`
+    (unscaled minus scaled, paired by seed), each as mean [head sizes] with `*_se` beside it.
+    """
+    per_seed = {"val_loss_gap": result["val_loss_unscaled"] - result["val_loss_scaled"]}
+    for name in VARIANTS:
+        per_seed[f"val_loss_{name}"] = result[f"val_loss_{name}"]
+        for key in ("entropy", "max_prob"):
+            per_seed[f"{key}_{name}"] = result[f"{key}_{name}"][..., -last_steps:].mean(axis=-1)
+    summary = {}
+    for key, values in per_seed.items():
+        summary[key], summary[f"{key}_se"] = mean_and_standard_error(values, axis=1)
+    return summary

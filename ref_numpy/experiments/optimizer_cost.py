@@ -1,22 +1,25 @@
-"""Which parameters AdamW decays, what decaying all of them does, and what one step costs in memory.
+"""Which parameters AdamW decays, what decaying all of them does, how decoupled decay differs
+from an L2 penalty under Adam, and what one step costs in memory.
 
 nanoGPT decays the tensors with ndim >= 2 (matmul and embedding weights) and leaves the 1-D ones
 (biases, LayerNorm gains) alone. For GPT-2 124M that is 50 tensors holding 124,354,560 parameters
-against 98 tensors holding only 121,344 (`decay_report`): the often repeated split "about 85M
-decayed and 39M not" is wrong, it counts the 38.6M-parameter token embedding (which is 2-D and is
-decayed) as undecayed. AdamW is elementwise and memory-bound: `adamw_multi_pass` does this
-project's AdamW (`ref_numpy.adamw`) one operation per pass, as separate kernels would, and counts
-the bytes; for float32 that is 14 passes and 132 bytes per decayed parameter (124 without decay),
-against 28 for a fused kernel that reads p, g, m, v once and writes p, m, v once
-(`adamw_single_pass`): 4.7x (4.4x). "Fused AdamW cuts traffic 3-4x" is a count of passes, and
-depends on the unfused version: one built from compound kernels (lerp, addcmul, addcdiv, as
-torch's foreach path) does fewer passes and gains less from fusion.
+against 98 tensors holding only 121,344 (`decay_report`), not the "about 85M decayed and 39M not"
+often repeated; the 38,633,472-parameter token embedding is 2-D and decayed. AdamW is elementwise
+and memory-bound: `adamw_multi_pass` does this project's AdamW (`ref_numpy.adamw`) one operation
+per pass, as separate kernels would, and counts the bytes; for float32 that is 14 passes and 132
+bytes per decayed parameter (124 without decay), against 28 for a fused kernel that reads p, g,
+m, v once and writes p, m, v once (`adamw_single_pass`): 4.7x (4.4x). Every number in this
+paragraph is a count, pinned exactly by `tests/test_optimizer_cost.py`. "Fused AdamW cuts
+traffic 3-4x" is a count of passes, and depends on the unfused version: one built from compound
+kernels (lerp, addcmul, addcdiv, as torch's foreach path) does fewer passes and gains less from
+fusion. The training comparisons (`decay_groups_over_seeds`) print their own numbers in
+`notebooks/03_weight_decay_groups.ipynb`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -24,6 +27,8 @@ from ref_numpy.adamw import AdamW, split_decay
 from ref_numpy.config import GPTConfig
 from ref_numpy.data import get_batch
 from ref_numpy.gpt import backward, forward, init_params
+from ref_numpy.schedule import get_lr
+from ref_numpy.step import estimate_loss
 
 SMALL_CONFIG = GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=32)
 
@@ -67,16 +72,29 @@ def decay_everything_vs_2d(
     lr: float = 1e-3,
     weight_decay: float = 0.1,
     seed: int = 0,
+    val_data: np.ndarray | None = None,
+    eval_every: int = 100,
+    eval_batches: int = 8,
 ) -> dict:
     """Train the same NumPy GPT twice, decaying the 2-D tensors only ("decay_2d") or every tensor
     ("decay_all"), from the same init on the same batches. Each run: its loss curve and, at the
-    end, the LayerNorm gains' mean and mean |gain - 1| and the biases' mean |value|.
+    end, the LayerNorm gains' mean and mean |gain - 1| and the biases' mean |value|. With
+    `val_data`, also the validation loss every `eval_every` steps and after the last one
+    ("val_steps", "val_losses"), on the same `eval_batches` batches for both runs.
 
     `data`: a 1-D array of token ids; random tokens of `cfg.vocab_size` if None.
     """
     cfg = SMALL_CONFIG if cfg is None else cfg
     if data is None:
         data = np.random.default_rng(seed).integers(0, cfg.vocab_size, size=50 * cfg.block_size)
+    val_batches = []
+    if val_data is not None:  # fixed batches: every evaluation of every run sees the same tokens
+        val_rng = np.random.default_rng(10_000)  # the same for every seed
+        val_batches = [
+            get_batch(val_data, cfg.block_size, batch_size, val_rng, "val")
+            for _ in range(eval_batches)
+        ]
+    eval_steps = sorted({*range(eval_every, steps, eval_every), steps}) if val_batches else []
     results = {}
     for label in ("decay_2d", "decay_all"):
         params = init_params(cfg, seed=seed)
@@ -85,14 +103,111 @@ def decay_everything_vs_2d(
             params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay, decay_names=decay_names
         )
         batch_rng = np.random.default_rng(seed + 1)  # the same batches for both runs
-        losses = []
-        for _ in range(steps):
+        losses, val_losses = [], []
+        for step in range(1, steps + 1):
             x, y = get_batch(data, cfg.block_size, batch_size, batch_rng)
             _, loss, cache = forward(params, cfg, x, y)
             optimizer.step(backward(cache))
             losses.append(loss)
+            if step in eval_steps:
+                val_losses.append(estimate_loss(params, cfg, {"val": val_batches})["val"])
         results[label] = {"losses": np.array(losses), **_layernorm_and_bias_summary(params)}
+        if val_batches:
+            results[label] |= {
+                "val_steps": np.array(eval_steps),
+                "val_losses": np.array(val_losses),
+            }
     return results
+
+
+def decay_groups_over_seeds(seeds: Sequence[int], steps: int, **options) -> dict:
+    """`decay_everything_vs_2d` once per seed (a new init and new batches each), stacked.
+
+    Per run ("decay_2d", "decay_all"): "val_losses" [n_seeds, n_evals], "final_val_loss",
+    "layernorm_gain_mean" and "bias_mean_abs" [n_seeds]; "val_steps" [n_evals]. `options` go to
+    `decay_everything_vs_2d` and must include `val_data`. Both runs of a seed share init and
+    batches, so their difference is paired: "paired_final_difference" [n_seeds] is decay-all's
+    final validation loss minus decay-2-D's.
+    """
+    if options.get("val_data") is None:
+        raise ValueError("decay_groups_over_seeds compares validation losses: give val_data")
+    per_seed = [decay_everything_vs_2d(steps, seed=seed, **options) for seed in seeds]
+    out: dict = {"seeds": np.array(seeds), "val_steps": per_seed[0]["decay_2d"]["val_steps"]}
+    for label in ("decay_2d", "decay_all"):
+        stacked = {
+            key: np.array([run[label][key] for run in per_seed])
+            for key in ("val_losses", "layernorm_gain_mean", "bias_mean_abs")
+        }
+        out[label] = stacked | {"final_val_loss": stacked["val_losses"][:, -1]}
+    out["paired_final_difference"] = (
+        out["decay_all"]["final_val_loss"] - out["decay_2d"]["final_val_loss"]
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------- decay under Adam
+def decay_under_adam(
+    gradient_scales: Sequence[float],
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    steps: int = 1000,
+    betas: tuple[float, float] = (0.9, 0.95),
+) -> dict:
+    """How far weight decay moves a weight under Adam, decoupled (AdamW) or as an L2 penalty.
+
+    One weight per entry of `gradient_scales`, each starting at 1, gets a loss gradient that
+    flips sign every step, s, -s, s, ... (no pull either way on average). Three runs of
+    `ref_numpy.adamw.AdamW` on the same gradients: no decay; decoupled decay, p <- p (1 - lr wd)
+    before the Adam step; and L2, the gradient of (wd / 2) ||p||^2 added to the loss gradient
+    (wd * p, as torch.optim.Adam's `weight_decay` does), so the penalty goes through Adam's
+    division by sqrt(v). Returns the final weights of each run and the decay's effect, each
+    decayed run minus the run without decay ("shift_decoupled", "shift_l2").
+    """
+    scales = np.asarray(gradient_scales, dtype=np.float64)
+    final = {}
+    for mode in ("none", "decoupled", "l2"):
+        params = {"w": np.ones((scales.size, 1))}  # 2-D, so in the decay group
+        decoupled = weight_decay if mode == "decoupled" else 0.0
+        optimizer = AdamW(params, lr=lr, betas=betas, weight_decay=decoupled)
+        for t in range(steps):
+            grad = scales[:, None] * (-1.0) ** t
+            if mode == "l2":
+                grad = grad + weight_decay * params["w"]
+            optimizer.step({"w": grad})
+        final[mode] = params["w"][:, 0].copy()
+    return {
+        "gradient_scales": scales,
+        "final": final,
+        "shift_decoupled": final["decoupled"] - final["none"],
+        "shift_l2": final["l2"] - final["none"],
+        "decoupled_prediction": (1 - lr * weight_decay) ** steps - 1,  # (1 - lr wd)^steps - 1
+    }
+
+
+def decay_shrink_factor(
+    weight_decay: float,
+    learning_rate: float,
+    max_iters: int,
+    warmup_iters: int = 0,
+    lr_decay_iters: int | None = None,
+    min_lr: float | None = None,
+) -> dict:
+    """What AdamW's decoupled decay does to a weight with no gradient over a whole run of
+    nanoGPT's schedule (`ref_numpy.schedule.get_lr`; constant when `min_lr` is None): the sum of
+    the learning rates, "eta_lambda_steps" = weight_decay * sum_t lr_t, and "shrink_factor" =
+    prod_t (1 - lr_t * weight_decay), which is about exp(-eta_lambda_steps)."""
+    decay_lr = min_lr is not None
+    lr_decay_iters = max_iters if lr_decay_iters is None else lr_decay_iters
+    rates = [
+        get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr or 0.0, decay_lr)
+        for it in range(max_iters)
+    ]
+    log_shrink = math.fsum(math.log1p(-rate * weight_decay) for rate in rates)
+    return {
+        "sum_lr": math.fsum(rates),
+        "eta_lambda_steps": weight_decay * math.fsum(rates),
+        "shrink_factor": math.exp(log_shrink),
+    }
 
 
 # ----------------------------------------------------------------------------- memory traffic
