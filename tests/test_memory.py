@@ -11,7 +11,6 @@ so that the libraries' code and thread buffers, paged in by the first step of an
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -39,12 +38,13 @@ CONFIGS = {
 STEPS = 2
 
 
-def _rss_bytes() -> int:
+def _status_bytes(key: str) -> int:
+    """VmRSS (resident now) or VmHWM (its high-water mark) of this process, in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
 def measure_peak(program: str, data_dir: str, sizes: list[int], attention: str) -> None:
@@ -107,9 +107,13 @@ def measure_peak(program: str, data_dir: str, sizes: list[int], attention: str) 
     data = load_training_data(config)
     tiny = dataclasses.replace(config, batch_size=2, block_size=8, n_embd=16, n_layer=1, n_head=2)
     steps(tiny, 1, eval_batches(data, tiny))  # pages the libraries' code in
-    before = _rss_bytes()
+    before = _status_bytes("VmRSS")
+    # The high-water mark from here on: ru_maxrss would also hold whatever came before (the
+    # data's preparation, say), which is not the run's. Writing 5 to clear_refs resets VmHWM.
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
     steps(config, STEPS, eval_batches(data, config))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    peak = _status_bytes("VmHWM") - before
     cfg = config.model_config(data.vocab_size)
     if program == "numpy":
         estimate = numpy_run_memory(config, cfg, itemsize=4)
