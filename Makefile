@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 OUT ?= out
 PIP := $(PY) -m pip install --progress-bar off --no-color
 # pip's lines that say what is fetched and how big, one per package; errors pass whole
-SHOW := grep --line-buffered -vE "^(Requirement already satisfied|  Using cached|Looking in|  Obtaining|  Preparing|  Installing build|  Getting requirements)" || true
+SHOW := grep --line-buffered -vE "^(WARNING: Location|Requirement already satisfied|  Using cached|Looking in|  Obtaining|  Preparing|  Installing build|  Getting requirements)" || true
 
 .PHONY: setup train train-numpy sample data test bench notebooks gpu-cross-check clean
 
