@@ -40,3 +40,25 @@ def test_a_machine_loaded_beyond_its_cores_is_warned_about():
     warning = load_warning(load=3.2, cores=2)
     assert warning.startswith("warning: this machine's load (3.2) exceeds its 2 cores")
     assert "OMP_NUM_THREADS=1" in warning
+
+
+def test_tf32_is_scoped_to_a_run():
+    """The torch trainer turns TF32 on for its own run only: later float32 work in the same
+    process (a check against a float64 reference) finds the settings as they were."""
+    import pytest
+    import torch
+
+    from torch_impl.runtime import tf32_matmuls
+
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    with tf32_matmuls(True):
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.allow_tf32 is True
+        with tf32_matmuls(False):  # the cross-check's full-float32 runs, nested
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.get_float32_matmul_precision() == "high"
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+    with pytest.raises(RuntimeError), tf32_matmuls(True):
+        raise RuntimeError("a run that fails")
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before

@@ -28,7 +28,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,7 @@ from torch_impl.report import (
     load_report,
     save_report,
 )
-from torch_impl.runtime import resolve_device
+from torch_impl.runtime import resolve_device, tf32_matmuls
 from torch_impl.step import estimate_loss as torch_estimate_loss
 
 # The most that rounding one number to the precision changes it, relative: 2^-p for a p-bit
@@ -76,17 +76,9 @@ RUNS = (
 )
 
 
-@contextlib.contextmanager
-def ieee_float32_matmuls() -> Iterator[None]:
+def ieee_float32_matmuls() -> contextlib.AbstractContextManager[None]:
     """Float32 matmuls and convolutions in full float32 (TF32 off) while inside."""
-    precision, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(precision)
-        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    return tf32_matmuls(False)
 
 
 def _relative_errors(losses: np.ndarray, val_loss: float, reference: dict) -> dict:

@@ -7,11 +7,13 @@ same thing in each.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """Float32 matmuls and convolutions on TF32 tensor cores (`enabled`) or in full float32, while
+    inside; the previous settings come back after, so that a run leaves later float32 work in the
+    same process (a check against a float64 reference, say) as it found it."""
+    precision, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
 
 def parameter_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -64,6 +64,7 @@ from torch_impl.runtime import (
     resolve_device,
     resolve_dtype,
     resolve_peak_flops,
+    tf32_matmuls,
 )
 from torch_impl.step import estimate_loss, train_step
 from torch_impl.train_config import TorchTrainConfig, config_for_run
@@ -84,9 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             device = torch.device("cuda", ctx.local_rank)
             torch.cuda.set_device(device)
         dtype = resolve_dtype(config.dtype, device)
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
-            torch.backends.cudnn.allow_tf32 = True
+        if device.type == "cuda":  # TF32 tensor cores for float32 matmuls, for this run only
+            held.enter_context(tf32_matmuls(True))
         if ctx.enabled:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             held.callback(dist.destroy_process_group)
