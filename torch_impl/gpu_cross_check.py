@@ -76,11 +76,6 @@ RUNS = (
 )
 
 
-def ieee_float32_matmuls() -> contextlib.AbstractContextManager[None]:
-    """Float32 matmuls and convolutions in full float32 (TF32 off) while inside."""
-    return tf32_matmuls(False)
-
-
 def _relative_errors(losses: np.ndarray, val_loss: float, reference: dict) -> dict:
     ref_losses, ref_val = reference["losses"], reference["val_loss"]
     return {
@@ -101,7 +96,8 @@ def _attention_kernel(run: Run) -> contextlib.AbstractContextManager:
 
 def _torch_run(run: Run, cfg, data, val_batches, steps, batch_size, seed, device, compile_model):
     autocast = torch.bfloat16 if run.precision == "bfloat16" else None
-    precision = ieee_float32_matmuls() if run.precision == "float32" else contextlib.nullcontext()
+    # float32 runs in full float32 (TF32 off), as the yardstick it is compared with
+    precision = tf32_matmuls(False) if run.precision == "float32" else contextlib.nullcontext()
     with precision, _attention_kernel(run):
         losses, model = torch_run(
             cfg,

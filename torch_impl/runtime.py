@@ -131,16 +131,17 @@ def datasheet_peak(device: torch.device, dtype: torch.dtype) -> tuple[float | No
 
 def resolve_peak_flops(
     peak_flops: float | None, device: torch.device, dtype: torch.dtype
-) -> tuple[float, str]:
-    """The MFU denominator and where it came from: --peak_flops; the GPU's datasheet peak;
-    else a measured matmul ceiling."""
+) -> tuple[float, str, bool]:
+    """The MFU denominator, where it came from, and whether it was measured here (a measured
+    ceiling is worth measuring again: `ref_numpy.train.machine.MeasuredPeak`): --peak_flops;
+    the GPU's datasheet peak; else a measured matmul ceiling."""
     if peak_flops is not None:
-        return peak_flops, "--peak_flops"
+        return peak_flops, "--peak_flops", False
     peak, key = datasheet_peak(device, dtype)
     if peak is not None:
-        return peak, f"{torch.cuda.get_device_name(device)} datasheet {key} peak"
+        return peak, f"{torch.cuda.get_device_name(device)} datasheet {key} peak", False
     ceiling = matmul_ceiling(device, dtype)
-    return ceiling, f"measured {str(dtype).removeprefix('torch.')} matmul on {device.type}"
+    return ceiling, f"measured {str(dtype).removeprefix('torch.')} matmul on {device.type}", True
 
 
 # ----------------------------------------------------------------------------- processes

@@ -57,7 +57,6 @@ from torch_impl.runtime import (
     Distributed,
     StopSignal,
     autocast_for,
-    datasheet_peak,
     distributed_from_env,
     matmul_ceiling,
     parameter_dtype,
@@ -268,10 +267,8 @@ def train(
 
     # the loop
     step_model, eval_model = wrap_for_steps(model, config, ctx, device)
-    peak, peak_source = resolve_peak_flops(config.peak_flops, device, dtype)
-    measured_peak = None
-    if config.peak_flops is None and datasheet_peak(device, dtype)[0] is None:
-        measured_peak = MeasuredPeak(lambda: matmul_ceiling(device, dtype), peak)
+    peak, peak_source, measured = resolve_peak_flops(config.peak_flops, device, dtype)
+    measured_peak = MeasuredPeak(lambda: matmul_ceiling(device, dtype), peak) if measured else None
     if ctx.is_master:  # a checkpoint holds the weights and AdamW's two moments of each
         size = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
         check_free_space(Path(config.out_dir), size, "a checkpoint")

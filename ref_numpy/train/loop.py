@@ -10,8 +10,10 @@ report MFU and run as one rank of several.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tqdm import tqdm
@@ -138,20 +140,20 @@ def train_loop(
     """
     if trainer.is_master:
         warn_if_loaded()
+    with _saying_what_is_kept(trainer, state):
+        return _train(config, data, log, trainer, streams, state)
+
+
+@contextlib.contextmanager
+def _saying_what_is_kept(trainer: Trainer, state: LoopState) -> Iterator[None]:
+    """A StorageError inside gains what the trainer still has and how to go on."""
     try:
-        return _train_loop(config, data, log, trainer, streams, state)
+        yield
     except StorageError as error:
         raise StorageError(f"{error}; {trainer.after_storage_failure(state)}") from error
 
 
-def _train_loop(
-    config: TrainConfig,
-    data: TrainingData,
-    log: RunLog,
-    trainer: Trainer,
-    streams: MicroBatchStreams,
-    state: LoopState,
-) -> bool:
+def _train(config, data, log, trainer, streams, state) -> bool:  # train_loop's arguments
     if state.iter_num > config.max_iters:
         raise UserError(
             f"the checkpoint is at iteration {state.iter_num}, past --max_iters {config.max_iters}"

@@ -212,14 +212,14 @@ def read_overrides(
         if gpu_defaults.get(field.name, field.default) != field.default:
             default += f"; GPU: {_shown(gpu_defaults[field.name])}"
         line = " ".join(filter(None, [field.metadata.get("help"), f"({default})"]))
-        is_bool = (_optional_inner(annotation) or annotation) is bool
+        kind = _optional_inner(annotation) or annotation
         parser.add_argument(
             f"--{field.name}",
             type=_parser_for(annotation),
             default=argparse.SUPPRESS,
-            metavar=_KINDS[_optional_inner(annotation) or annotation][2],
+            metavar=_KINDS[kind][2],
             help=line.replace("%", "%%"),  # argparse formats help with %
-            **({"nargs": "?", "const": True} if is_bool else {}),
+            **({"nargs": "?", "const": True} if kind is bool else {}),
         )
     flags = parser.parse_flags(argv)
     config_file = flags.pop("config")
