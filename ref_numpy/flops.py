@@ -94,6 +94,20 @@ def pad_vocab_size(vocab_size: int, multiple: int = 64) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
+def matmul_flops(m: int, k: int, n: int) -> int:
+    """FLOPs of one [m, k] @ [k, n] matmul: m*n outputs, each k multiplies and k adds, 2*m*n*k.
+    The one count every matmul of the project is charged by (`exact_matmul_flops` per token,
+    `roofline.step_kernels` per kernel)."""
+    return 2 * m * k * n
+
+
+def linear_shapes(cfg: GPTConfig) -> tuple[tuple[int, int], ...]:
+    """(in, out) of every Linear of one block, in the order the forward runs them: c_attn,
+    attn.c_proj, mlp.c_fc, mlp.c_proj."""
+    C = cfg.n_embd
+    return ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C))
+
+
 def exact_matmul_flops(
     cfg: GPTConfig, T: int, causal_skip: bool = False, recompute_scores: bool = False
 ) -> dict:
@@ -112,12 +126,14 @@ def exact_matmul_flops(
     "total".
     """
     C, L, V, H, Q = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.n_head, cfg.head_size
-    linear_forward = L * 2 * (C * 3 * C + C * C + C * 4 * C + 4 * C * C)
-    lm_head_forward = 2 * C * V
+    # per token: one row (m = 1) through c_attn, attn.c_proj, c_fc, mlp.c_proj
+    linear_forward = L * sum(matmul_flops(1, k, n) for k, n in linear_shapes(cfg))
+    lm_head_forward = matmul_flops(1, C, V)
     attention_fraction = 0.5 if causal_skip else 1.0
-    attention_forward = L * H * (2 * T * Q + 2 * T * Q) * attention_fraction  # scores, mix
+    score_row = matmul_flops(1, Q, T)  # one query against T keys (or one row of P against V)
+    attention_forward = L * H * 2 * score_row * attention_fraction  # scores, mix
     backward_matmuls = 5 if recompute_scores else 4  # (S again,) dv, dprobs, dq, dk
-    attention_backward = L * H * backward_matmuls * (2 * T * Q) * attention_fraction
+    attention_backward = L * H * backward_matmuls * score_row * attention_fraction
     terms = {
         "embedding": (0, 0),
         "lm_head": (lm_head_forward, 2 * lm_head_forward),

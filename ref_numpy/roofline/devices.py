@@ -1,0 +1,231 @@
+"""The devices the roofline model (`ref_numpy.roofline`) predicts for: their roofs, with sources.
+
+A device is a handful of rates: peak FLOP/s of its matmul units per precision, of its plain
+vector units, its memory bandwidth, the rate of each transcendental function, and what one
+kernel launch (or, on a CPU, one operator call) costs on top of the work. GPUs come from their
+datasheets (`GPUS`, each rate with its source); this machine is measured (`measure_device`), each
+rate by a micro-benchmark of its own, never by the training step the model then predicts.
+
+GPU transcendentals: exp, log, sqrt and tanh are single instructions of the special-function
+units, 16 results per clock per SM on compute capability 8.0 and 9.0 (CUDA C++ Programming
+Guide, "Arithmetic Instructions" throughput table; tanh since 7.5), so SMs x 16 x boost clock.
+erf has no such instruction: CUDA's erff is a polynomial, taken here as 24 FMA-unit FLOPs (an
+estimate). The per-launch cost of eager PyTorch on a GPU is an assumption, 5 microseconds of
+host time per kernel (no datasheet gives it), to be replaced by a measurement on the device.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ref_numpy.erf import erf
+from ref_numpy.flops import PEAK_FLOPS, matmul_ceiling
+
+
+@dataclass(frozen=True)
+class Device:
+    """The roofs of one device (rates per second)."""
+
+    name: str
+    peak_flops: dict[str, float]  # matmul units, by precision: "bf16", "tf32", "fp32"
+    vector_flops: float  # elementwise arithmetic (CUDA cores, a CPU's vector units)
+    bandwidth: float  # bytes/s to and from main memory
+    transcendentals: dict[str, float]  # evaluations/s of exp, log, erf, tanh, sqrt
+    launch_overhead: float  # seconds per kernel launch (or operator call)
+    overhead_per: str = "launch"  # "launch": per GPU kernel; "call": per operator dispatched
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def ridge_point(self, precision: str = "bf16") -> float:
+        """FLOPs per byte above which a matmul kernel is compute-bound."""
+        return self.peak_flops[precision] / self.bandwidth
+
+
+GPU_LAUNCH_OVERHEAD = 5e-6  # assumed, see the module docstring
+_ERF_FLOPS = 24  # FMA-unit FLOPs of one erff (estimate)
+_SFU_PER_CLOCK = 16  # special-function results per clock per SM (compute capability 8.0, 9.0)
+
+
+def _gpu(name: str, peaks: str, bandwidth: float, sms: int, boost_hz: float, source: str):
+    sfu = sms * _SFU_PER_CLOCK * boost_hz
+    fp32 = PEAK_FLOPS[peaks]["fp32"]
+    return Device(
+        name=name,
+        peak_flops={k: v for k, v in PEAK_FLOPS[peaks].items() if v is not None},
+        vector_flops=fp32,
+        bandwidth=bandwidth,
+        transcendentals={
+            "exp": sfu,
+            "log": sfu,
+            "sqrt": sfu,
+            "tanh": sfu,
+            "erf": fp32 / _ERF_FLOPS,
+        },
+        launch_overhead=GPU_LAUNCH_OVERHEAD,
+        sources={
+            "peak_flops": f"{source} (dense, flops.PEAK_FLOPS['{peaks}'])",
+            "bandwidth": source,
+            "transcendentals": f"{sms} SMs x {_SFU_PER_CLOCK}/clock x {boost_hz / 1e9:.3g} GHz "
+            "(CUDA C++ Programming Guide); erf: fp32 rate / 24 (estimate)",
+            "launch_overhead": "assumed 5 us per kernel (eager PyTorch's host time), not measured",
+        },
+    )
+
+
+GPUS: dict[str, Device] = {
+    d.name: d
+    for d in (
+        _gpu("H100 SXM", "H100 SXM", 3.35e12, 132, 1.98e9, "NVIDIA H100 Tensor Core GPU datasheet"),
+        _gpu(
+            "H100 PCIe", "H100 PCIe", 2.0e12, 114, 1.755e9, "NVIDIA H100 Tensor Core GPU datasheet"
+        ),
+        _gpu("H200", "H200", 4.8e12, 132, 1.98e9, "NVIDIA H200 Tensor Core GPU datasheet"),
+        _gpu(
+            "A100 40GB",
+            "A100 SXM",
+            1.555e12,
+            108,
+            1.41e9,
+            "NVIDIA A100 Tensor Core GPU datasheet (SXM)",
+        ),
+        _gpu(
+            "A100 80GB",
+            "A100 SXM",
+            2.039e12,
+            108,
+            1.41e9,
+            "NVIDIA A100 Tensor Core GPU datasheet (SXM)",
+        ),
+    )
+}
+
+
+# ----------------------------------------------------------------------------- measurement
+@dataclass(frozen=True)
+class ArrayOps:
+    """The operations a device measurement times, from one array library (NumPy here, torch in
+    `torch_impl.roofline_check`): each writes into `out`, so no allocation is timed."""
+
+    library: str
+    array: Callable[[int], object]  # n random float32 values
+    copy: Callable[[object, object], object]  # out <- a
+    triad: Callable[[object, object, object], object]  # out <- a + 3 b (STREAM's triad)
+    functions: dict[str, Callable[[object, object], object]]  # out <- f(a), by function name
+    call_overhead: Callable[[], float]  # seconds one operator call costs beyond its work
+    matmul_ceiling: Callable[[], float]  # FLOP/s of a large float32 matmul
+
+
+def last_level_cache_bytes(default: int = 32 * 2**20) -> int:
+    """The largest CPU cache, from Linux's sysfs (`default` where it cannot be read)."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        if text and text[-1] in units:
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=default)
+
+
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
+    """The median of `repeats` timed calls, after one untimed."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_bandwidth(ops: ArrayOps, repeats: int = 7) -> dict[str, float]:
+    """STREAM-style copy and triad over float32 arrays four times the last-level cache, so every
+    byte comes from main memory: bytes moved (copy 8 per element, triad 12) / median time."""
+    n = 4 * last_level_cache_bytes() // 4  # elements: 4 x the cache in bytes, 4 bytes each
+    a, b, out = ops.array(n), ops.array(n), ops.array(n)
+    copy = 8 * n / median_seconds(lambda: ops.copy(a, out), repeats)
+    triad = 12 * n / median_seconds(lambda: ops.triad(a, b, out), repeats)
+    return {"copy": copy, "triad": triad, "array_bytes": 4 * n}
+
+
+def measure_transcendentals(ops: ArrayOps, elements: int = 1 << 16, repeats: int = 21) -> dict:
+    """Evaluations per second of each function on an array that stays in cache (256 KiB), so
+    that the rate is the arithmetic's and not the memory's."""
+    a, out = ops.array(elements), ops.array(elements)  # values in [-3, 3)
+    return {
+        name: elements / median_seconds(lambda f=function: f(a, out), repeats)
+        for name, function in ops.functions.items()
+    }
+
+
+def measure_device(ops: ArrayOps, name: str) -> Device:
+    """This machine's roofs, measured with `ops`: the matmul ceiling (float32), STREAM triad
+    bandwidth, each transcendental's in-cache rate, and the cost of one operator call."""
+    ceiling = ops.matmul_ceiling()
+    bandwidth = measure_bandwidth(ops)
+    rates = measure_transcendentals(ops)
+    overhead = ops.call_overhead()
+    return Device(
+        name=name,
+        peak_flops={"fp32": ceiling},
+        vector_flops=ceiling,
+        bandwidth=bandwidth["triad"],
+        transcendentals=rates,
+        launch_overhead=overhead,
+        overhead_per="call",
+        sources={
+            "peak_flops": f"measured: {ops.library} float32 matmul ceiling",
+            "bandwidth": f"measured: {ops.library} STREAM triad over "
+            f"{bandwidth['array_bytes'] / 2**20:.0f} MiB arrays "
+            f"(copy: {bandwidth['copy'] / 1e9:.1f} GB/s)",
+            "transcendentals": f"measured: {ops.library}, 65,536 float32 values in cache",
+            "launch_overhead": f"measured: {ops.library}, per operator call",
+        },
+    )
+
+
+def _numpy_call_overhead(repeats: int = 2001) -> float:
+    x, out = np.ones(1, dtype=np.float32), np.empty(1, dtype=np.float32)
+    return median_seconds(lambda: np.add(x, x, out=out), repeats)
+
+
+def _numpy_array(n: int) -> np.ndarray:
+    return np.random.default_rng(0).uniform(-3, 3, n).astype(np.float32)
+
+
+NUMPY_OPS = ArrayOps(
+    library="NumPy",
+    array=_numpy_array,
+    copy=lambda a, out: np.copyto(out, a),
+    triad=lambda a, b, out: np.add(a, np.multiply(b, np.float32(3), out=out), out=out),
+    functions={
+        "exp": lambda a, out: np.exp(a, out=out),
+        "log": lambda a, out: np.log(np.abs(a, out=out), out=out),
+        "erf": lambda a, out: np.copyto(out, erf(a)),
+        "tanh": lambda a, out: np.tanh(a, out=out),
+        "sqrt": lambda a, out: np.sqrt(np.abs(a, out=out), out=out),
+    },
+    call_overhead=_numpy_call_overhead,
+    matmul_ceiling=lambda: matmul_ceiling(n=1024),
+)
+
+
+def this_machine() -> Device:
+    """This CPU's roofs as NumPy reaches them."""
+    return measure_device(NUMPY_OPS, "this CPU (NumPy)")
+
+
+def describe(device: Device, precision: str) -> str:
+    """One line: the device's roofs."""
+    return (
+        f"{device.name}: {device.peak_flops[precision] / 1e12:.3g} TFLOP/s ({precision}), "
+        f"{device.bandwidth / 1e9:.4g} GB/s, ridge {device.ridge_point(precision):.3g} FLOP/B, "
+        f"exp {device.transcendentals['exp'] / 1e9:.3g} G/s, "
+        f"{device.launch_overhead * 1e6:.2g} us per {device.overhead_per}"
+    )

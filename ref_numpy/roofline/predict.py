@@ -1,0 +1,119 @@
+"""A kernel list's time on a device: each kernel at the higher of its two roofs, plus what its
+launches cost; the step's time, tokens per second and MFU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ref_numpy.config import GPTConfig
+from ref_numpy.flops import flops_per_token
+from ref_numpy.roofline.kernel import GROUPS, Kernel
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One kernel's predicted time and which roof it meets."""
+
+    kernel: Kernel
+    compute_seconds: float  # FLOPs at the matmul or vector rate, plus its transcendentals
+    memory_seconds: float  # bytes at the memory bandwidth
+    overhead_seconds: float  # launches (or calls) x the device's per-launch cost
+    bound: str  # "compute", "transcendental" or "memory"
+
+    @property
+    def seconds(self) -> float:
+        return max(self.compute_seconds, self.memory_seconds) + self.overhead_seconds
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """`predict`'s answer: every kernel's time, and the step's."""
+
+    device: str
+    precision: str
+    kernels: list[KernelTime]
+    model_flops: float  # nanoGPT's 6N + 12*L*H*Q*T per token, times the step's tokens
+    tokens: int
+    peak_flops: float
+
+    @property
+    def seconds(self) -> float:
+        return sum(k.seconds for k in self.kernels)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def mfu(self) -> float:
+        return self.model_flops / self.seconds / self.peak_flops
+
+    def by_group(self) -> dict[str, float]:
+        """Predicted seconds per kernel group, in `GROUPS` order."""
+        seconds = dict.fromkeys(GROUPS, 0.0)
+        for k in self.kernels:
+            seconds[k.kernel.group] += k.seconds
+        return seconds
+
+    def memory_bound_share(self) -> float:
+        """The share of the step's time spent in memory-bound kernels."""
+        return sum(k.seconds for k in self.kernels if k.bound == "memory") / self.seconds
+
+
+def predict(
+    kernels: list[Kernel],
+    device,
+    precision: str = "bf16",
+    cfg: GPTConfig | None = None,
+    tokens: int | None = None,
+    overhead: bool = True,
+) -> Prediction:
+    """Each kernel's time on `device` (a `ref_numpy.roofline.devices.Device`):
+    max(compute, memory) + launches x overhead, where compute is FLOPs at the matmul rate of
+    `precision` (tensor-core kernels) or the vector rate, plus each transcendental at its own
+    rate. With `cfg` and `tokens`, the step's model FLOPs for tokens/s and MFU (nanoGPT's
+    estimate, T = block_size); `overhead=False` leaves launch costs out (every kernel at its
+    roof, the ceiling)."""
+    peak = device.peak_flops[precision]
+    rows = []
+    for kernel in kernels:
+        flops_seconds = kernel.flops / (peak if kernel.tensor_cores else device.vector_flops)
+        transcendental_seconds = sum(
+            count / device.transcendentals[function]
+            for function, count in kernel.transcendentals.items()
+        )
+        compute = flops_seconds + transcendental_seconds
+        memory = kernel.bytes / device.bandwidth
+        launches = kernel.calls if device.overhead_per == "call" else kernel.launches
+        bound = (
+            "memory"
+            if memory >= compute
+            else ("transcendental" if transcendental_seconds > flops_seconds else "compute")
+        )
+        rows.append(
+            KernelTime(
+                kernel,
+                compute,
+                memory,
+                launches * device.launch_overhead if overhead else 0.0,
+                bound,
+            )
+        )
+    model_flops = flops_per_token(cfg) * tokens if cfg is not None and tokens else 0.0
+    return Prediction(device.name, precision, rows, model_flops, tokens or 0, peak)
+
+
+def kernel_totals(kernels: list[Kernel]) -> dict[str, dict[str, float]]:
+    """Per group: FLOPs, bytes read, bytes written, launches and calls, summed."""
+    totals = {
+        g: dict.fromkeys(("flops", "bytes_read", "bytes_written", "launches", "calls"), 0.0)
+        for g in GROUPS
+    }
+    for k in kernels:
+        row = totals[k.group]
+        row["flops"] += k.flops
+        row["bytes_read"] += k.bytes_read
+        row["bytes_written"] += k.bytes_written
+        row["launches"] += k.launches
+        row["calls"] += k.calls
+    return totals
