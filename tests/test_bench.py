@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from ref_numpy.roofline import GROUPS
 from torch_impl.bench import command as bench
 from torch_impl.bench.attention import MANUAL, SDPA_FLASH, causal_attention_flops
 from torch_impl.bench.timing import interleaved_times, saved_for_backward_bytes
@@ -51,7 +52,7 @@ def test_report_names_device_versions_and_sections(quick_run):
     assert report["versions"]["torch"] == torch.__version__
     assert report["versions"]["cuda"] is None  # a CPU run
     assert report["date"] and report["quick"] is True
-    assert report["sections"] == ["train", "attention", "adamw", "numpy"]
+    assert report["sections"] == ["train", "attention", "adamw", "numpy", "roofline"]
 
 
 def test_train_section_has_every_variant_and_nanogpt_ratio(quick_run):
@@ -93,9 +94,27 @@ def test_adamw_and_numpy_sections(quick_run):
     assert len(numpy_section["numpy_step_times"]) == len(numpy_section["torch_step_times"]) == 2
 
 
+def test_roofline_section_predicts_and_measures_every_group_and_claim(quick_run):
+    section = quick_run[0]["roofline"]
+    assert _positive(section["device"]["bandwidth"]) and _positive(section["gelu_rate"])
+    (validation,) = section["validation"].values()  # --quick: one configuration
+    assert set(validation["groups"]) == set(GROUPS)
+    for group, row in validation["groups"].items():
+        assert _positive(row["predicted"]) and _positive(row["measured"]), group
+    assert _positive(validation["step_predicted"]) and _positive(validation["step_measured"])
+    assert set(section["claims"]) == {"H100 SXM", "H200", "A100 40GB"}
+    for claims in section["claims"].values():
+        assert [row["T"] for row in claims["flash_attention"]] == [1024, 4096]
+        assert set(claims["fused_adamw"]) == {"for_loop", "foreach", "fused"}
+    cpu = section["cpu_claims"]
+    assert all(_positive(row["measured_speedup"]) for row in cpu["attention"])
+    assert all(_positive(run["measured_seconds"]) for run in cpu["adamw"].values())
+
+
 def test_figures_are_drawn_and_redrawn_from_the_saved_file(quick_run, tmp_path):
     _, figures, out = quick_run
-    names = {f"bench_cpu_quick_{s}.png" for s in ("train", "attention", "adamw", "numpy")}
+    sections = ("train", "attention", "adamw", "numpy", "roofline")
+    names = {f"bench_cpu_quick_{s}.png" for s in sections}
     assert {p.name for p in figures.iterdir()} == names
     bench.main(["--plot", str(out), "--figures_dir", str(tmp_path)])
     assert {p.name for p in tmp_path.iterdir()} == names

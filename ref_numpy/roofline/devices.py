@@ -39,6 +39,13 @@ class Device:
     transcendentals: dict[str, float]  # evaluations/s of exp, log, erf, tanh, sqrt
     launch_overhead: float  # seconds per kernel launch (or operator call)
     overhead_per: str = "launch"  # "launch": per GPU kernel; "call": per operator dispatched
+    # A CPU reads a cache line before it writes into it (write-allocate), so a kernel writing a
+    # fresh output moves its bytes twice; an in-place update does not (its lines were read).
+    write_allocate: bool = False
+    # A working set up to `cache_bytes` is served from the last-level cache at `cache_bandwidth`
+    # (0: no cache roof; the GPUs here are given their memory roof only)
+    cache_bytes: float = 0.0
+    cache_bandwidth: float = 0.0
     sources: dict[str, str] = field(default_factory=dict)
 
     def ridge_point(self, precision: str = "bf16") -> float:
@@ -144,14 +151,20 @@ def median_seconds(call: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_bandwidth(ops: ArrayOps, repeats: int = 7) -> dict[str, float]:
-    """STREAM-style copy and triad over float32 arrays four times the last-level cache, so every
-    byte comes from main memory: bytes moved (copy 8 per element, triad 12) / median time."""
-    n = 4 * last_level_cache_bytes() // 4  # elements: 4 x the cache in bytes, 4 bytes each
+def measure_bandwidth(ops: ArrayOps, array_bytes: int, repeats: int = 7) -> dict[str, float]:
+    """STREAM-style kernels over float32 arrays of `array_bytes` each, bytes counted as the
+    kernel reads and writes them / median time: copy (out <- a, 8 bytes per element) and triad
+    (out <- a + 3b, 12), each writing a fresh array, and the in-place triad (a <- a + 3b, 12),
+    whose written lines were just read. The gap between the two triads is the write-allocate
+    read a fresh output costs on a CPU (which the bandwidth roof must not be charged with)."""
+    n = array_bytes // 4
     a, b, out = ops.array(n), ops.array(n), ops.array(n)
-    copy = 8 * n / median_seconds(lambda: ops.copy(a, out), repeats)
-    triad = 12 * n / median_seconds(lambda: ops.triad(a, b, out), repeats)
-    return {"copy": copy, "triad": triad, "array_bytes": 4 * n}
+    return {
+        "copy": 8 * n / median_seconds(lambda: ops.copy(a, out), repeats),
+        "triad": 12 * n / median_seconds(lambda: ops.triad(a, b, out), repeats),
+        "triad_in_place": 12 * n / median_seconds(lambda: ops.triad(a, b, a), repeats),
+        "array_bytes": 4 * n,
+    }
 
 
 def measure_transcendentals(ops: ArrayOps, elements: int = 1 << 16, repeats: int = 21) -> dict:
@@ -165,25 +178,34 @@ def measure_transcendentals(ops: ArrayOps, elements: int = 1 << 16, repeats: int
 
 
 def measure_device(ops: ArrayOps, name: str) -> Device:
-    """This machine's roofs, measured with `ops`: the matmul ceiling (float32), STREAM triad
-    bandwidth, each transcendental's in-cache rate, and the cost of one operator call."""
+    """This machine's roofs, measured with `ops`: the matmul ceiling (float32), the in-place
+    STREAM triad's bandwidth from memory (arrays 4x the last-level cache) and from that cache
+    (two arrays filling a quarter of it), each transcendental's in-cache rate, the cost of one
+    operator call; write-allocate is counted (a CPU)."""
+    cache = last_level_cache_bytes()
     ceiling = ops.matmul_ceiling()
-    bandwidth = measure_bandwidth(ops)
+    memory = measure_bandwidth(ops, 4 * cache)
+    cached = measure_bandwidth(ops, cache // 8, repeats=51)
     rates = measure_transcendentals(ops)
     overhead = ops.call_overhead()
     return Device(
         name=name,
         peak_flops={"fp32": ceiling},
         vector_flops=ceiling,
-        bandwidth=bandwidth["triad"],
+        bandwidth=memory["triad_in_place"],
         transcendentals=rates,
         launch_overhead=overhead,
         overhead_per="call",
+        write_allocate=True,
+        cache_bytes=cache,
+        cache_bandwidth=cached["triad_in_place"],
         sources={
             "peak_flops": f"measured: {ops.library} float32 matmul ceiling",
-            "bandwidth": f"measured: {ops.library} STREAM triad over "
-            f"{bandwidth['array_bytes'] / 2**20:.0f} MiB arrays "
-            f"(copy: {bandwidth['copy'] / 1e9:.1f} GB/s)",
+            "bandwidth": f"measured: {ops.library} in-place STREAM triad, "
+            f"{memory['array_bytes'] / 2**20:.0f} MiB arrays (fresh-output triad "
+            f"{memory['triad'] / 1e9:.1f} GB/s, copy {memory['copy'] / 1e9:.1f} GB/s)",
+            "cache_bandwidth": f"measured: the same, {cached['array_bytes'] / 2**20:.0f} MiB "
+            f"arrays, last-level cache {cache / 2**20:.0f} MiB (sysfs)",
             "transcendentals": f"measured: {ops.library}, 65,536 float32 values in cache",
             "launch_overhead": f"measured: {ops.library}, per operator call",
         },
@@ -225,7 +247,9 @@ def describe(device: Device, precision: str) -> str:
     """One line: the device's roofs."""
     return (
         f"{device.name}: {device.peak_flops[precision] / 1e12:.3g} TFLOP/s ({precision}), "
-        f"{device.bandwidth / 1e9:.4g} GB/s, ridge {device.ridge_point(precision):.3g} FLOP/B, "
+        f"{device.bandwidth / 1e9:.4g} GB/s"
+        + (f" ({device.cache_bandwidth / 1e9:.4g} GB/s from cache)" if device.cache_bytes else "")
+        + f", ridge {device.ridge_point(precision):.3g} FLOP/B, "
         f"exp {device.transcendentals['exp'] / 1e9:.3g} G/s, "
         f"{device.launch_overhead * 1e6:.2g} us per {device.overhead_per}"
     )

@@ -48,16 +48,33 @@ class Prediction:
     def mfu(self) -> float:
         return self.model_flops / self.seconds / self.peak_flops
 
-    def by_group(self) -> dict[str, float]:
-        """Predicted seconds per kernel group, in `GROUPS` order."""
+    @property
+    def overhead_seconds(self) -> float:
+        """The launch (or call) costs, summed."""
+        return sum(k.overhead_seconds for k in self.kernels)
+
+    def by_group(self, overhead: bool = True) -> dict[str, float]:
+        """Predicted seconds per kernel group, in `GROUPS` order; `overhead=False` without the
+        launch costs (the work alone, to hold against a profiler's per-operator times)."""
         seconds = dict.fromkeys(GROUPS, 0.0)
         for k in self.kernels:
-            seconds[k.kernel.group] += k.seconds
+            seconds[k.kernel.group] += k.seconds - (0.0 if overhead else k.overhead_seconds)
         return seconds
 
     def memory_bound_share(self) -> float:
         """The share of the step's time spent in memory-bound kernels."""
         return sum(k.seconds for k in self.kernels if k.bound == "memory") / self.seconds
+
+
+def memory_seconds(kernel: Kernel, device) -> float:
+    """The kernel's bytes at the device's bandwidth: from its cache where the whole working set
+    fits there, from memory otherwise; with write-allocate, a fresh output (a tensor it does not
+    also read) moved twice."""
+    moved = kernel.bytes
+    if device.write_allocate:
+        moved += sum(size for name, size in kernel.writes.items() if name not in kernel.reads)
+    cached = device.cache_bytes and kernel.bytes <= device.cache_bytes
+    return moved / (device.cache_bandwidth if cached else device.bandwidth)
 
 
 def predict(
@@ -71,9 +88,9 @@ def predict(
     """Each kernel's time on `device` (a `ref_numpy.roofline.devices.Device`):
     max(compute, memory) + launches x overhead, where compute is FLOPs at the matmul rate of
     `precision` (tensor-core kernels) or the vector rate, plus each transcendental at its own
-    rate. With `cfg` and `tokens`, the step's model FLOPs for tokens/s and MFU (nanoGPT's
-    estimate, T = block_size); `overhead=False` leaves launch costs out (every kernel at its
-    roof, the ceiling)."""
+    rate, and memory is `memory_seconds`. With `cfg` and `tokens`, the step's model FLOPs for
+    tokens/s and MFU (nanoGPT's estimate, T = block_size); `overhead=False` leaves launch costs
+    out (every kernel at its roof, the ceiling)."""
     peak = device.peak_flops[precision]
     rows = []
     for kernel in kernels:
@@ -83,7 +100,7 @@ def predict(
             for function, count in kernel.transcendentals.items()
         )
         compute = flops_seconds + transcendental_seconds
-        memory = kernel.bytes / device.bandwidth
+        memory = memory_seconds(kernel, device)
         launches = kernel.calls if device.overhead_per == "call" else kernel.launches
         bound = (
             "memory"

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from torch_impl.bench import adamw, attention, numpy_step, train
+from torch_impl.bench import adamw, attention, numpy_step, roofline, train
 
 SECTIONS: dict[str, ModuleType] = {
     "train": train,
     "attention": attention,
     "adamw": adamw,
     "numpy": numpy_step,
+    "roofline": roofline,
 }
 
 
