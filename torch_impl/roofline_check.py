@@ -280,8 +280,10 @@ def profile_step(
 ) -> dict:
     """Measured seconds per step: the wall-clock median of `steps` plain steps, and per kernel
     group the profiler's time of the operators `kernel_group` maps (outermost only, so none is
-    counted twice), averaged over `steps` profiled steps; "other" is the profiled step's time
-    in no mapped operator (Python, autograd's bookkeeping, views)."""
+    counted twice), averaged over `steps` profiled steps, and the operator calls behind each;
+    "other" is the profiled step's time in no mapped operator (Python, autograd's bookkeeping,
+    views). The profiler costs time of its own per recorded event: compare "profiled_seconds"
+    with "wall_seconds" over "events_per_step"."""
     step, _ = make_step(cfg, batch_size, T, attention, optimizer)
     for _ in range(2):
         step()  # warm-up: AdamW's state, the allocator, thread pools
@@ -293,11 +295,13 @@ def profile_step(
             with _phase_ranges() as mark:
                 step(mark)
     groups: dict[str, float] = {}
-    profiled = 0.0
+    calls: dict[str, int] = {}
+    profiled, events = 0.0, 0
     for event in profiler.events():
         if event.name.startswith("phase:"):
             profiled += event.cpu_time_total
             continue
+        events += 1
         chain, parent = [], event.cpu_parent
         while parent is not None and not parent.name.startswith("phase:"):
             chain.append(parent)
@@ -310,9 +314,16 @@ def profile_step(
         group = _mapped(event, phase)
         if group is not None:
             groups[group] = groups.get(group, 0.0) + event.cpu_time_total
+            calls[group] = calls.get(group, 0) + 1
     seconds = {group: us / 1e6 / steps for group, us in groups.items()}
     seconds["other"] = profiled / 1e6 / steps - sum(seconds.values())
-    return {"wall_seconds": wall, "profiled_seconds": profiled / 1e6 / steps, "groups": seconds}
+    return {
+        "wall_seconds": wall,
+        "profiled_seconds": profiled / 1e6 / steps,
+        "groups": seconds,
+        "calls": {group: n // steps for group, n in calls.items()},
+        "events_per_step": events // steps,  # every recorded event, views and allocations too
+    }
 
 
 def _mapped(event, phase: str) -> str | None:
@@ -356,7 +367,8 @@ TORCH_OPS = ArrayOps(
         "sqrt": lambda a, out: torch.sqrt(a.abs(), out=out),
     },
     call_overhead=_step_call_overhead,
-    matmul_ceiling=lambda: matmul_ceiling(torch.device("cpu"), torch.float32),
+    # 2048^3, the ceiling the train section's MFU uses: the largest rate torch reaches here
+    matmul_ceiling=lambda: matmul_ceiling(torch.device("cpu"), torch.float32, n=2048),
 )
 
 

@@ -39,7 +39,7 @@ from ref_numpy.roofline.adamw_kernels import (
     optimizer_kernels,
 )
 from ref_numpy.roofline.attention_kernels import attention_kernels
-from ref_numpy.roofline.fusion import fuse_elementwise
+from ref_numpy.roofline.fusion import fusable_runs, fuse_elementwise, fused_runs
 from ref_numpy.roofline.gpt_kernels import backward_kernels, forward_kernels
 from ref_numpy.roofline.kernel import (
     ATTENTION_KINDS,
@@ -61,7 +61,9 @@ __all__ = [
     "KernelTime",
     "Prediction",
     "attention_kernels",
+    "fusable_runs",
     "fuse_elementwise",
+    "fused_runs",
     "kernel_totals",
     "multi_tensor_launches",
     "predict",

@@ -16,6 +16,7 @@ host time per kernel (no datasheet gives it), to be replaced by a measurement on
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -209,6 +210,24 @@ def measure_device(ops: ArrayOps, name: str) -> Device:
             "transcendentals": f"measured: {ops.library}, 65,536 float32 values in cache",
             "launch_overhead": f"measured: {ops.library}, per operator call",
         },
+    )
+
+
+def best_of(devices: list[Device]) -> Device:
+    """One device from several measurements of it: the highest of each rate and the lowest
+    per-call cost (a roof is the most a machine attains; interference only lowers a reading)."""
+    first = devices[0]
+    return dataclasses.replace(
+        first,
+        peak_flops={k: max(d.peak_flops[k] for d in devices) for k in first.peak_flops},
+        vector_flops=max(d.vector_flops for d in devices),
+        bandwidth=max(d.bandwidth for d in devices),
+        transcendentals={
+            k: max(d.transcendentals[k] for d in devices) for k in first.transcendentals
+        },
+        launch_overhead=min(d.launch_overhead for d in devices),
+        cache_bandwidth=max(d.cache_bandwidth for d in devices),
+        sources=first.sources | {"measured": f"best of {len(devices)} measurements"},
     )
 
 

@@ -5,30 +5,37 @@ from __future__ import annotations
 from ref_numpy.roofline.kernel import GROUPS, Kernel
 
 
-def fuse_elementwise(kernels: list[Kernel]) -> list[Kernel]:
-    """What torch.compile's fusion does to a step, idealised: each maximal run of fusable kernels
-    of one phase (the elementwise and reduction kernels between two matmuls) becomes one kernel.
-    It reads each tensor that comes from outside the run once, and writes only the tensors that
-    a kernel outside the run reads (parameter gradients, activations the backward needs, the
-    next matmul's input); everything else stays in registers. FLOPs and transcendentals are the
-    run's sum. A lower bound on the traffic: inductor splits a run where reductions go along
-    different axes (LayerNorm's dx over a row, its dw over the batch), re-reading their input.
-    """
+def fusable_runs(kernels: list[Kernel]) -> list[list[Kernel]]:
+    """The kernels cut into runs: each maximal run of fusable kernels of one phase (the
+    elementwise and reduction kernels between two matmuls) is one run; every other kernel is a
+    run of its own."""
     runs: list[list[Kernel]] = []
     for kernel in kernels:
         if kernel.fusable and runs and runs[-1][0].fusable and runs[-1][0].phase == kernel.phase:
             runs[-1].append(kernel)
         else:
             runs.append([kernel])
+    return runs
+
+
+def fused_runs(kernels: list[Kernel]) -> list[tuple[list[Kernel], Kernel]]:
+    """Each run of `fusable_runs` beside the one kernel it becomes (itself, for a run of one).
+
+    The fused kernel reads each tensor that comes from outside its run once, and writes only
+    the tensors that a kernel outside the run reads (parameter gradients, activations the
+    backward needs, the next matmul's input); everything else stays in registers. FLOPs and
+    transcendentals are the run's sum.
+    """
+    runs = fusable_runs(kernels)
     readers: dict[str, set[int]] = {}  # tensor -> the runs that read it
     for index, run in enumerate(runs):
         for kernel in run:
             for name in kernel.reads:
                 readers.setdefault(name, set()).add(index)
-    fused = []
+    pairs = []
     for index, run in enumerate(runs):
         if len(run) == 1:
-            fused.append(run[0])
+            pairs.append((run, run[0]))
             continue
         written: dict[str, float] = {}
         reads: dict[str, float] = {}
@@ -46,15 +53,22 @@ def fuse_elementwise(kernels: list[Kernel]) -> list[Kernel]:
         for kernel in run:
             for function, count in kernel.transcendentals.items():
                 transcendentals[function] = transcendentals.get(function, 0.0) + count
-        fused.append(
-            Kernel(
-                name="fused: " + " + ".join(k.name for k in run),
-                group=max(GROUPS, key=lambda g: sum(k.bytes for k in run if k.group == g)),
-                phase=run[0].phase,
-                flops=sum(k.flops for k in run),
-                reads=reads,
-                writes=writes,
-                transcendentals=transcendentals,
-            )
+        fused = Kernel(
+            name="fused: " + " + ".join(k.name for k in run),
+            group=max(GROUPS, key=lambda g: sum(k.bytes for k in run if k.group == g)),
+            phase=run[0].phase,
+            flops=sum(k.flops for k in run),
+            reads=reads,
+            writes=writes,
+            transcendentals=transcendentals,
         )
-    return fused
+        pairs.append((run, fused))
+    return pairs
+
+
+def fuse_elementwise(kernels: list[Kernel]) -> list[Kernel]:
+    """What torch.compile's fusion does to a step, idealised: every run of `fusable_runs`
+    becomes one kernel (`fused_runs`). A lower bound on the traffic: inductor splits a run
+    where reductions go along different axes (LayerNorm's dx over a row, its dw over the batch),
+    re-reading their input, and it may recompute in the backward what eager mode saves."""
+    return [fused for _, fused in fused_runs(kernels)]
