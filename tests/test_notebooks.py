@@ -28,6 +28,8 @@ EXPECTED = [
     "05_fused_adamw",
     "06_flops_and_mfu",
     "07_cross_check",
+    "08_roofline",
+    "09_kernel_fusion",
 ]
 
 

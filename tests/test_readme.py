@@ -48,6 +48,7 @@ RUNS: dict[str, dict | None] = {
         "flags": [*TRAIN, "--device", "cpu", "--gradient_accumulation_steps", "2"],
     },
     "make bench": {"flags": ["--device", "cpu", "--quick", "--sections", "adamw"]},
+    'make bench ARGS="--sections roofline"': {"flags": ["--device", "cpu", "--quick"]},
     "make gpu-cross-check": {"flags": ["--device", "cpu", "--steps", "2", "--seeds", "0"]},
     "make data": {"flags": []},
     'make test ARGS="-k gpt"': {"flags": ["--collect-only", "-q"]},
