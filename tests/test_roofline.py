@@ -5,6 +5,7 @@ write them (torch_impl.roofline_check's dispatch mode), for both attentions and 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections import defaultdict
 
@@ -22,7 +23,8 @@ from ref_numpy.roofline import (
     predict,
     step_kernels,
 )
-from ref_numpy.roofline.devices import GPUS, NUMPY_OPS, Device, measure_device
+from ref_numpy.roofline.claims import flash_attention_claim
+from ref_numpy.roofline.devices import GPUS, NUMPY_OPS, Device, gpu_for, measure_device
 from torch_impl.roofline_check import kernel_group, make_step, trace_attention, trace_step
 
 # every dimension different and above 1, so a swapped or dropped factor shows, and a
@@ -242,3 +244,69 @@ def test_trace_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
     trace_step(CFG, 1, 4, "flash", "fused")
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_gpu_for_names_the_datasheet_entry():
+    assert gpu_for("NVIDIA H100 80GB HBM3").name == "H100 SXM"
+    assert gpu_for("NVIDIA H100 PCIe").name == "H100 PCIe"
+    assert gpu_for("NVIDIA H200").name == "H200"
+    assert gpu_for("NVIDIA A100-SXM4-80GB").name == "A100 80GB"
+    assert gpu_for("NVIDIA A100-SXM4-40GB").name == "A100 40GB"
+    assert gpu_for("NVIDIA GeForce RTX 4090") is None
+
+
+def test_gpu_measurements_stand_beside_their_predictions(tmp_path):
+    """A GPU run of the benchmark in results/ (written here by hand, in the sections' format)
+    is read back as measured speedups beside the model's for that GPU; quick runs and CPU runs
+    are not read."""
+    from torch_impl.bench.attention import MANUAL, SDPA_FLASH
+    from torch_impl.bench.roofline import gpu_measurements
+
+    run = {
+        "device": "NVIDIA H100 80GB HBM3",
+        "device_type": "cuda",
+        "date": "2026-12-01",
+        "quick": False,
+        "attention": {
+            "rows": [
+                {
+                    "implementation": MANUAL,
+                    "T": 1024,
+                    "head_dim": 64,
+                    "forward_backward_seconds": 0.006,
+                },
+                {
+                    "implementation": SDPA_FLASH,
+                    "T": 1024,
+                    "head_dim": 64,
+                    "forward_backward_seconds": 0.002,
+                },
+            ]
+        },
+        "adamw": [
+            {"implementation": "foreach", "seconds_per_step": 0.004},
+            {"implementation": "fused", "seconds_per_step": 0.002},
+        ],
+        "train": {
+            "variants": [
+                {"variant": "all on", "tokens_per_second": 500.0, "mfu_vs_peak": 0.4},
+                {"variant": "no compile", "tokens_per_second": 400.0, "mfu_vs_peak": 0.32},
+            ]
+        },
+    }
+    (tmp_path / "bench_nvidia_h100.json").write_text(json.dumps(run))
+    (tmp_path / "bench_cpu.json").write_text(json.dumps({**run, "device_type": "cpu"}))
+    (tmp_path / "bench_x_quick.json").write_text(json.dumps({**run, "quick": True}))
+    found = gpu_measurements(tmp_path)
+    assert list(found) == ["bench_nvidia_h100.json"]
+    rows = found["bench_nvidia_h100.json"]["rows"]
+    assert found["bench_nvidia_h100.json"]["model"] == "H100 SXM"
+    assert rows["flash attention, T = 1024"]["measured"] == pytest.approx(3.0)
+    assert rows["fused AdamW over foreach"]["measured"] == pytest.approx(2.0)
+    assert rows["compile, whole step"]["measured"] == pytest.approx(1.25)
+    assert rows["MFU, everything on"]["measured"] == 0.4
+    h100 = GPUS["H100 SXM"]
+    assert (
+        rows["flash attention, T = 1024"]["predicted"]
+        == (flash_attention_claim(h100, 1024)["speedup_over_materialised"])
+    )

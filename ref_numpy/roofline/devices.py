@@ -113,6 +113,26 @@ GPUS: dict[str, Device] = {
 }
 
 
+# Substrings of torch.cuda.get_device_name() names, most specific first ("NVIDIA H100 80GB
+# HBM3" is the SXM part; "NVIDIA A100-SXM4-80GB" the 80 GB one)
+_GPU_PATTERNS = (
+    (("H200",), "H200"),
+    (("H100", "PCIE"), "H100 PCIe"),
+    (("H100",), "H100 SXM"),
+    (("A100", "80GB"), "A100 80GB"),
+    (("A100",), "A100 40GB"),
+)
+
+
+def gpu_for(device_name: str) -> Device | None:
+    """The datasheet device of a GPU named as torch.cuda.get_device_name() does; None if none."""
+    upper = device_name.upper()
+    for substrings, key in _GPU_PATTERNS:
+        if all(part in upper for part in substrings):
+            return GPUS[key]
+    return None
+
+
 # ----------------------------------------------------------------------------- measurement
 @dataclass(frozen=True)
 class ArrayOps:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -25,8 +26,15 @@ from ref_numpy.config import GPTConfig
 from ref_numpy.flops import flops_per_token
 from ref_numpy.gpt import param_shapes
 from ref_numpy.roofline import GROUPS, attention_kernels, predict, step_kernels
-from ref_numpy.roofline.claims import GPT2_124M, all_claims
-from ref_numpy.roofline.devices import GPUS, Device, best_of, describe
+from ref_numpy.roofline.claims import (
+    GPT2_124M,
+    all_claims,
+    compile_claim,
+    flash_attention_claim,
+    fused_adamw_claim,
+    mfu_ceiling_claim,
+)
+from ref_numpy.roofline.devices import GPUS, Device, best_of, describe, gpu_for
 from torch_impl.bench.adamw import compare_adamw
 from torch_impl.bench.attention import MANUAL, SDPA_FLASH, attention_functions
 from torch_impl.bench.common import QUICK_BATCH_SIZE, QUICK_MODEL, BenchOptions, make_train_model
@@ -190,18 +198,68 @@ def _measured_compile(report_train: dict | None) -> dict | None:
     return {"speedup": speedup, "config": train.get("config")}
 
 
-def gpu_measurements() -> dict[str, dict]:
-    """Every GPU run of the benchmark saved in `results/`: its device name and the attention and
-    AdamW rows, keyed by file name."""
+def _median_by(rows: list[dict], key: str, value: str) -> dict:
+    return {row[key]: row[value] for row in rows if row.get(value) is not None}
+
+
+def gpu_measurements(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
+    """Every full GPU run of the benchmark saved in `results_dir`, measured beside predicted
+    for the datasheet device it ran on, keyed by file name: flash attention's speedup over the
+    materialised path (head dim 64, each T both were timed at), fused AdamW's over foreach,
+    compile's step speedup (the train section's "all on" over "no compile") and the MFU of
+    "all on" against its ceiling."""
     found = {}
-    for path in sorted(RESULTS_DIR.glob("bench_*.json")):
+    for path in sorted(Path(results_dir).glob("bench_*.json")):
         try:
             report = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if report.get("device_type") == "cuda" and not report.get("quick"):
-            found[path.name] = {k: report.get(k) for k in ("device", "date", "attention", "adamw")}
+        if report.get("device_type") != "cuda" or report.get("quick"):
+            continue
+        device = gpu_for(report.get("device", ""))
+        rows: dict[str, dict] = {}
+        if device is not None:
+            rows = _gpu_rows(report, device)
+        found[path.name] = {
+            "device": report.get("device"),
+            "date": report.get("date"),
+            "model": device.name if device else None,
+            "rows": rows,
+        }
     return found
+
+
+def _gpu_rows(report: dict, device: Device) -> dict[str, dict]:
+    rows = {}
+    attention = report.get("attention") or {}
+    for T in sorted({r["T"] for r in attention.get("rows", []) if r.get("head_dim") == 64}):
+        at_T = [r for r in attention["rows"] if r["T"] == T and r.get("head_dim") == 64]
+        seconds = _median_by(at_T, "implementation", "forward_backward_seconds")
+        if MANUAL in seconds and SDPA_FLASH in seconds:
+            claim = flash_attention_claim(device, T)
+            rows[f"flash attention, T = {T}"] = {
+                "measured": seconds[MANUAL] / seconds[SDPA_FLASH],
+                "predicted": claim["speedup_over_materialised"],
+            }
+    adamw = _median_by(report.get("adamw") or [], "implementation", "seconds_per_step")
+    if "foreach" in adamw and "fused" in adamw:
+        rows["fused AdamW over foreach"] = {
+            "measured": adamw["foreach"] / adamw["fused"],
+            "predicted": fused_adamw_claim(device)["foreach"]["fused_speedup"],
+        }
+    variants = {v["variant"]: v for v in (report.get("train") or {}).get("variants", [])}
+    tokens = {name: v.get("tokens_per_second") for name, v in variants.items()}
+    if tokens.get("all on") and tokens.get("no compile"):
+        rows["compile, whole step"] = {
+            "measured": tokens["all on"] / tokens["no compile"],
+            "predicted": compile_claim(device)["flash_fused_speedup"],
+        }
+    if variants.get("all on", {}).get("mfu_vs_peak"):
+        rows["MFU, everything on"] = {
+            "measured": variants["all on"]["mfu_vs_peak"],
+            "predicted": mfu_ceiling_claim(device)["compiled_mfu"],
+        }
+    return rows
 
 
 def run(options: BenchOptions) -> dict:
@@ -403,7 +461,18 @@ def _print_claims(section: dict) -> None:
         )
     )
     if section["gpu_measured"]:
-        print("GPU results found in results/: " + ", ".join(section["gpu_measured"]))
+        print("\nmeasured on a GPU (results/) beside the model's bound for that GPU")
+        rows = [
+            [
+                f"{name} ({run['model'] or 'no datasheet entry'})",
+                what,
+                f"{r['predicted']:.3g}",
+                f"{r['measured']:.3g}",
+            ]
+            for name, run in section["gpu_measured"].items()
+            for what, r in run["rows"].items()
+        ]
+        print(format_table(["run", "claim", "predicted", "measured"], rows))
     else:
         print("no GPU run of the benchmark in results/: GPU columns are predictions only")
 
