@@ -5,6 +5,8 @@ multi-head self-attention and a GELU MLP to the residual stream; a final LayerNo
 transposed token embedding (weight tying) give the logits; cross-entropy gives the loss.
 Parameters are a dict named exactly as `dict(torch_model.named_parameters())` of nanoGPT.
 The backward pass runs the layers of `ref_numpy.layers` in reverse, in the order of the forward.
+With `autocast` (a `ref_numpy.precision.Autocast`), float32 parameters and inputs, the matmuls,
+attention and GELU round to a low format where torch.autocast does (see `ref_numpy.precision`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ref_numpy.layers import (
     linear_backward,
     linear_forward,
 )
+from ref_numpy.precision import Autocast
 
 __all__ = ["GPTConfig", "backward", "forward", "init_params", "param_shapes"]
 
@@ -99,6 +102,31 @@ def _layer(params: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.n
     return params[f"{prefix}.weight"], params.get(f"{prefix}.bias")
 
 
+# Under autocast a matmul rounds its operands to the low format, accumulates in float32 and
+# rounds its result once; its backward does the same for dx, dW and db (each gradient in its
+# forward tensor's format). Without autocast these are the plain layers.
+def _linear(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, autocast: Autocast | None
+) -> tuple[np.ndarray, LinearCache]:
+    if autocast is None:
+        return linear_forward(x, weight, bias)
+    out, cache = linear_forward(autocast.round(x), autocast.round(weight), autocast.round(bias))
+    return autocast.round(out), cache
+
+
+def _linear_backward(
+    dout: np.ndarray, cache: LinearCache, autocast: Autocast | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    if autocast is None:
+        return linear_backward(dout, cache)
+    return tuple(autocast.round(d) for d in linear_backward(autocast.round(dout), cache))
+
+
+def _low(x: np.ndarray, autocast: Autocast | None) -> np.ndarray:
+    """x as an operation on low-format inputs returns it (unchanged without autocast)."""
+    return x if autocast is None else autocast.round(x)
+
+
 # ----------------------------------------------------------------------------- attention layer
 class SelfAttentionCache(NamedTuple):
     c_attn: LinearCache
@@ -106,23 +134,29 @@ class SelfAttentionCache(NamedTuple):
     c_proj: LinearCache
     attention_backward: Callable  # the core's backward, which reads its cache
     n_head: int
+    autocast: Autocast | None = None
 
 
 def self_attention_forward(
-    x: np.ndarray, params: dict, prefix: str, n_head: int, attention: Attention
+    x: np.ndarray,
+    params: dict,
+    prefix: str,
+    n_head: int,
+    attention: Attention,
+    autocast: Autocast | None = None,
 ) -> tuple[np.ndarray, SelfAttentionCache]:
     B, T, C = x.shape
     D = C // n_head
-    qkv, c_attn_cache = linear_forward(x, *_layer(params, f"{prefix}.c_attn"))  # [B, T, 3C]
+    qkv, c_attn_cache = _linear(x, *_layer(params, f"{prefix}.c_attn"), autocast)  # [B, T, 3C]
     # [B, T, 3C] -> 3 x [B, T, H, D] -> 3 x [B, H, T, D]: each head attends in its own D dims
     q, k, v = (
         part.reshape(B, T, n_head, D).transpose(0, 2, 1, 3) for part in np.split(qkv, 3, axis=-1)
     )
     heads, attention_cache = attention.forward(q, k, v)  # [B, H, T, D]
-    merged = heads.transpose(0, 2, 1, 3).reshape(B, T, C)  # [B, H, T, D] -> [B, T, C]
-    out, c_proj_cache = linear_forward(merged, *_layer(params, f"{prefix}.c_proj"))  # [B, T, C]
+    merged = _low(heads, autocast).transpose(0, 2, 1, 3).reshape(B, T, C)  # -> [B, T, C]
+    out, c_proj_cache = _linear(merged, *_layer(params, f"{prefix}.c_proj"), autocast)  # [B, T, C]
     return out, SelfAttentionCache(
-        c_attn_cache, attention_cache, c_proj_cache, attention.backward, n_head
+        c_attn_cache, attention_cache, c_proj_cache, attention.backward, n_head, autocast
     )
 
 
@@ -131,14 +165,14 @@ def self_attention_backward(
     dout: np.ndarray, cache: SelfAttentionCache, grads: dict, prefix: str
 ) -> np.ndarray:
     B, T, C = dout.shape
-    H = cache.n_head
-    dmerged = _linear_backward_into(dout, cache.c_proj, grads, f"{prefix}.c_proj")  # [B, T, C]
+    H, autocast = cache.n_head, cache.autocast
+    dmerged = _linear_backward_into(dout, cache.c_proj, grads, f"{prefix}.c_proj", autocast)
     dheads = dmerged.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)  # [B, H, T, D]
     dq, dk, dv = cache.attention_backward(dheads, cache.attention)  # 3 x [B, H, T, D]
     dqkv = np.concatenate(
-        [d.transpose(0, 2, 1, 3).reshape(B, T, C) for d in (dq, dk, dv)], axis=-1
+        [_low(d, autocast).transpose(0, 2, 1, 3).reshape(B, T, C) for d in (dq, dk, dv)], axis=-1
     )  # [B, T, 3C]
-    return _linear_backward_into(dqkv, cache.c_attn, grads, f"{prefix}.c_attn")  # [B, T, C]
+    return _linear_backward_into(dqkv, cache.c_attn, grads, f"{prefix}.c_attn", autocast)
 
 
 # ----------------------------------------------------------------------------- MLP
@@ -146,19 +180,24 @@ class MLPCache(NamedTuple):
     c_fc: LinearCache
     gelu: GeluCache
     c_proj: LinearCache
+    autocast: Autocast | None = None
 
 
-def mlp_forward(x: np.ndarray, params: dict, prefix: str, gelu: str) -> tuple[np.ndarray, MLPCache]:
-    hidden, c_fc_cache = linear_forward(x, *_layer(params, f"{prefix}.c_fc"))  # [B, T, 4C]
+def mlp_forward(
+    x: np.ndarray, params: dict, prefix: str, gelu: str, autocast: Autocast | None = None
+) -> tuple[np.ndarray, MLPCache]:
+    hidden, c_fc_cache = _linear(x, *_layer(params, f"{prefix}.c_fc"), autocast)  # [B, T, 4C]
     activated, gelu_cache = gelu_forward(hidden, gelu)  # [B, T, 4C]
-    out, c_proj_cache = linear_forward(activated, *_layer(params, f"{prefix}.c_proj"))  # [B, T, C]
-    return out, MLPCache(c_fc_cache, gelu_cache, c_proj_cache)
+    activated = _low(activated, autocast)  # GELU of a low-format input is low-format
+    out, c_proj_cache = _linear(activated, *_layer(params, f"{prefix}.c_proj"), autocast)
+    return out, MLPCache(c_fc_cache, gelu_cache, c_proj_cache, autocast)
 
 
 def mlp_backward(dout: np.ndarray, cache: MLPCache, grads: dict, prefix: str) -> np.ndarray:
-    dactivated = _linear_backward_into(dout, cache.c_proj, grads, f"{prefix}.c_proj")
-    dhidden = gelu_backward(dactivated, cache.gelu)
-    return _linear_backward_into(dhidden, cache.c_fc, grads, f"{prefix}.c_fc")
+    autocast = cache.autocast
+    dactivated = _linear_backward_into(dout, cache.c_proj, grads, f"{prefix}.c_proj", autocast)
+    dhidden = _low(gelu_backward(dactivated, cache.gelu), autocast)
+    return _linear_backward_into(dhidden, cache.c_fc, grads, f"{prefix}.c_fc", autocast)
 
 
 # ----------------------------------------------------------------------------- block
@@ -170,13 +209,20 @@ class BlockCache(NamedTuple):
 
 
 def block_forward(
-    x: np.ndarray, params: dict, prefix: str, cfg: GPTConfig, attention: Attention
+    x: np.ndarray,
+    params: dict,
+    prefix: str,
+    cfg: GPTConfig,
+    attention: Attention,
+    autocast: Autocast | None = None,
 ) -> tuple[np.ndarray, BlockCache]:
     h1, ln_1_cache = layernorm_forward(x, *_layer(params, f"{prefix}.ln_1"))
-    a, attn_cache = self_attention_forward(h1, params, f"{prefix}.attn", cfg.n_head, attention)
+    a, attn_cache = self_attention_forward(
+        h1, params, f"{prefix}.attn", cfg.n_head, attention, autocast
+    )
     x = x + a  # residual: attention adds to the stream
     h2, ln_2_cache = layernorm_forward(x, *_layer(params, f"{prefix}.ln_2"))
-    m, mlp_cache = mlp_forward(h2, params, f"{prefix}.mlp", cfg.gelu)
+    m, mlp_cache = mlp_forward(h2, params, f"{prefix}.mlp", cfg.gelu, autocast)
     x = x + m  # residual: the MLP adds to the stream
     return x, BlockCache(ln_1_cache, attn_cache, ln_2_cache, mlp_cache)
 
@@ -196,9 +242,13 @@ def _store(grads: dict, prefix: str, dweight: np.ndarray, dbias: np.ndarray | No
 
 
 def _linear_backward_into(
-    dout: np.ndarray, cache: LinearCache, grads: dict, prefix: str
+    dout: np.ndarray,
+    cache: LinearCache,
+    grads: dict,
+    prefix: str,
+    autocast: Autocast | None = None,
 ) -> np.ndarray:
-    dx, dweight, dbias = linear_backward(dout, cache)
+    dx, dweight, dbias = _linear_backward(dout, cache, autocast)
     _store(grads, prefix, dweight, dbias)
     return dx
 
@@ -218,8 +268,10 @@ def forward(
     idx: np.ndarray,
     targets: np.ndarray | None = None,
     attention: Attention = NAIVE_ATTENTION,
+    autocast: Autocast | None = None,
 ) -> tuple[np.ndarray, float | None, dict]:
-    """Logits [B, T, V] for every position, the loss (None without targets), and the cache."""
+    """Logits [B, T, V] for every position, the loss (None without targets), and the cache.
+    With `autocast`, the low-format rounding of `ref_numpy.precision` (float32 parameters)."""
     if cfg.dropout != 0.0:
         raise ValueError("the NumPy GPT implements dropout=0.0 only; set dropout to 0")
     idx = np.asarray(idx)
@@ -236,10 +288,13 @@ def forward(
     x = tok + pos  # [B, T, C] the residual stream
     block_caches = []
     for layer in range(cfg.n_layer):
-        x, block_cache = block_forward(x, params, f"transformer.h.{layer}", cfg, attention)
+        x, block_cache = block_forward(
+            x, params, f"transformer.h.{layer}", cfg, attention, autocast
+        )
         block_caches.append(block_cache)
     xf, ln_f_cache = layernorm_forward(x, *_layer(params, "transformer.ln_f"))  # [B, T, C]
-    logits, lm_head_cache = linear_forward(xf, wte, None)  # tied lm_head: [B, T, C] -> [B, T, V]
+    logits, lm_head_cache = _linear(xf, wte, None, autocast)  # tied lm_head: [B, T, V]
+    # cross-entropy is on autocast's float32 list: it reads the (rounded) logits in float32
     loss, loss_cache = (None, None) if targets is None else cross_entropy_forward(logits, targets)
     cache = dict(
         cfg=cfg,
@@ -249,6 +304,7 @@ def forward(
         ln_f_cache=ln_f_cache,
         lm_head_cache=lm_head_cache,
         loss_cache=loss_cache,
+        autocast=autocast,
     )
     return logits, loss, cache
 
@@ -260,7 +316,7 @@ def backward(cache: dict) -> dict[str, np.ndarray]:
     cfg = cache["cfg"]
     grads: dict[str, np.ndarray] = {}
     dlogits = cross_entropy_backward(1.0, cache["loss_cache"])  # [B, T, V]
-    dxf, dwte_head, _ = linear_backward(dlogits, cache["lm_head_cache"])  # [B, T, C], [V, C]
+    dxf, dwte_head, _ = _linear_backward(dlogits, cache["lm_head_cache"], cache.get("autocast"))
     dx = _layernorm_backward_into(dxf, cache["ln_f_cache"], grads, "transformer.ln_f")
     for layer in reversed(range(cfg.n_layer)):
         dx = block_backward(dx, cache["block_caches"][layer], grads, f"transformer.h.{layer}")
