@@ -30,6 +30,7 @@ EXPECTED = [
     "07_cross_check",
     "08_roofline",
     "09_kernel_fusion",
+    "10_mixed_precision",
 ]
 
 
