@@ -9,8 +9,8 @@ import torch
 
 from ref_numpy.config import GPTConfig
 from ref_numpy.data import get_batch
-from ref_numpy.gpt import backward, forward, init_params
-from ref_numpy.precision import relative_error
+from ref_numpy.experiments.mixed_precision import errors_against, float64_step
+from ref_numpy.gpt import init_params
 from torch_impl.model import GPT
 from torch_impl.numpy_bridge import load_numpy_params
 
@@ -28,22 +28,14 @@ def step_errors(
 ) -> dict[str, float]:
     """Relative errors against the NumPy float64 GPT of one forward and backward of the torch
     model in float32 under CPU autocast to `low` ("bf16", "fp16"; None: plain float32)."""
-    params64 = init_params(cfg, seed=seed, dtype=np.float64)
-    logits64, loss64, cache64 = forward(params64, cfg, idx, targets)
-    grads64 = backward(cache64)
     model = _model(cfg, seed)
     dtype = DTYPES[low] if low else torch.bfloat16
     with torch.autocast("cpu", dtype=dtype, enabled=low is not None):
         logits, loss = model(torch.from_numpy(idx), torch.from_numpy(targets))
     loss.backward()
-    grads = dict(model.named_parameters())
-    flat64 = np.concatenate([g.ravel() for g in grads64.values()])
-    flat = np.concatenate([grads[name].grad.double().numpy().ravel() for name in grads64])
-    return {
-        "logits": relative_error(logits.float().detach().numpy(), logits64),
-        "loss": abs(loss.item() - loss64) / abs(loss64),
-        "gradients": relative_error(flat, flat64),
-    }
+    grads = {name: p.grad.double().numpy() for name, p in model.named_parameters()}
+    reference = float64_step(cfg, idx, targets, seed)
+    return errors_against(reference, logits.float().detach().numpy(), loss.item(), grads)
 
 
 def train_losses(

@@ -20,23 +20,37 @@ from ref_numpy.precision import Autocast, relative_error
 SMALL = GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=64)
 
 
-def step_errors(
-    cfg: GPTConfig, idx: np.ndarray, targets: np.ndarray, seed: int, autocast: Autocast | None
+def float64_step(
+    cfg: GPTConfig, idx: np.ndarray, targets: np.ndarray, seed: int
+) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
+    """The reference: logits, loss and gradients of the NumPy GPT in float64 at `seed`'s init."""
+    logits, loss, cache = forward(init_params(cfg, seed=seed, dtype=np.float64), cfg, idx, targets)
+    return logits, loss, backward(cache)
+
+
+def errors_against(
+    reference: tuple, logits: np.ndarray, loss: float, grads: dict[str, np.ndarray]
 ) -> dict[str, float]:
-    """Relative errors against float64 of one forward and backward with float32 parameters
-    (and `autocast`'s rounding): the logits, the loss, and all gradients taken together."""
-    params64 = init_params(cfg, seed=seed, dtype=np.float64)
-    params32 = {name: p.astype(np.float32) for name, p in params64.items()}
-    logits64, loss64, cache64 = forward(params64, cfg, idx, targets)
-    logits, loss, cache = forward(params32, cfg, idx, targets, autocast=autocast)
-    grads64, grads = backward(cache64), backward(cache)
+    """Relative errors of one step's logits, loss and all gradients taken together against the
+    float64 `reference` (`float64_step`)."""
+    logits64, loss64, grads64 = reference
     flat64 = np.concatenate([g.ravel() for g in grads64.values()])
-    flat = np.concatenate([grads[name].ravel() for name in grads64])
+    flat = np.concatenate([np.asarray(grads[name], np.float64).ravel() for name in grads64])
     return {
         "logits": relative_error(logits, logits64),
         "loss": abs(loss - loss64) / abs(loss64),
         "gradients": relative_error(flat, flat64),
     }
+
+
+def step_errors(
+    cfg: GPTConfig, idx: np.ndarray, targets: np.ndarray, seed: int, autocast: Autocast | None
+) -> dict[str, float]:
+    """`errors_against` float64 of one forward and backward with float32 parameters (and
+    `autocast`'s rounding)."""
+    params32 = init_params(cfg, seed=seed, dtype=np.float32)
+    logits, loss, cache = forward(params32, cfg, idx, targets, autocast=autocast)
+    return errors_against(float64_step(cfg, idx, targets, seed), logits, loss, backward(cache))
 
 
 def gradient_values(cfg: GPTConfig, data: np.ndarray, batch_size: int, seed: int) -> np.ndarray:

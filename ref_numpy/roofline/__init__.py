@@ -19,7 +19,7 @@ left as they are, as nanoGPT compiles the model and not the optimizer.
 
 What the list counts and what it leaves out, on purpose. Bytes are the bytes of the tensors a
 kernel reads and writes, once each (a cache that holds more is the device's business, not the
-count's); `tests/test_roofline_traffic.py` checks them against the aten operators of a real
+count's); `tests/test_roofline.py` checks them against the aten operators of a real
 eager torch step. Scalars (the loss, Adam's step counts) move no memory worth counting. A gather
 reads the rows it gathers, not the whole table. Matmul FLOPs are `flops.matmul_flops` of each
 matmul's shapes, the count `exact_matmul_flops` uses per token. Elementwise FLOPs are estimates
@@ -49,7 +49,7 @@ from ref_numpy.roofline.kernel import (
     Kernel,
     StepBuilder,
 )
-from ref_numpy.roofline.predict import KernelTime, Prediction, kernel_totals, predict
+from ref_numpy.roofline.predict import KernelTime, Prediction, predict
 
 __all__ = [
     "ATTENTION_KINDS",
@@ -64,7 +64,6 @@ __all__ = [
     "fusable_runs",
     "fuse_elementwise",
     "fused_runs",
-    "kernel_totals",
     "multi_tensor_launches",
     "predict",
     "step_kernels",

@@ -277,11 +277,6 @@ NUMPY_OPS = ArrayOps(
 )
 
 
-def this_machine() -> Device:
-    """This CPU's roofs as NumPy reaches them."""
-    return measure_device(NUMPY_OPS, "this CPU (NumPy)")
-
-
 def describe(device: Device, precision: str) -> str:
     """One line: the device's roofs."""
     return (

@@ -118,19 +118,3 @@ def predict(
         )
     model_flops = flops_per_token(cfg) * tokens if cfg is not None and tokens else 0.0
     return Prediction(device.name, precision, rows, model_flops, tokens or 0, peak)
-
-
-def kernel_totals(kernels: list[Kernel]) -> dict[str, dict[str, float]]:
-    """Per group: FLOPs, bytes read, bytes written, launches and calls, summed."""
-    totals = {
-        g: dict.fromkeys(("flops", "bytes_read", "bytes_written", "launches", "calls"), 0.0)
-        for g in GROUPS
-    }
-    for k in kernels:
-        row = totals[k.group]
-        row["flops"] += k.flops
-        row["bytes_read"] += k.bytes_read
-        row["bytes_written"] += k.bytes_written
-        row["launches"] += k.launches
-        row["calls"] += k.calls
-    return totals
