@@ -123,7 +123,8 @@ def _linear_backward(
 
 
 def _low(x: np.ndarray, autocast: Autocast | None) -> np.ndarray:
-    """x as an operation on low-format inputs returns it (unchanged without autocast)."""
+    """The output of an operation on low-format inputs, rounded to that format as torch stores
+    it (unchanged without autocast)."""
     return x if autocast is None else autocast.round(x)
 
 
