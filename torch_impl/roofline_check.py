@@ -372,9 +372,10 @@ TORCH_OPS = ArrayOps(
 )
 
 
-def measure_this_cpu() -> Device:
-    """This CPU's roofs as torch's kernels reach them (float32)."""
-    return measure_device(TORCH_OPS, f"this CPU (torch, {torch.get_num_threads()} threads)")
+def measure_this_cpu(quick: bool = False) -> Device:
+    """This CPU's roofs as torch's kernels reach them (float32); `quick` as `measure_device`'s."""
+    name = f"this CPU (torch, {torch.get_num_threads()} threads)"
+    return measure_device(TORCH_OPS, name, quick)
 
 
 def gelu_rate(elements: int = 1 << 16, repeats: int = 21) -> float:

@@ -93,23 +93,41 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 # ----------------------------------------------------------------------------- MFU
+def _timed_matmul(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Seconds of one a @ b, synchronised on a GPU."""
+    if a.device.type == "cuda":
+        torch.cuda.synchronize(a.device)
+    start = time.perf_counter()
+    a @ b
+    if a.device.type == "cuda":
+        torch.cuda.synchronize(a.device)
+    return time.perf_counter() - start
+
+
+def _matrices(n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG alone
+    return tuple(
+        torch.randn(n, n, device=device, dtype=dtype, generator=generator) for _ in range(2)
+    )
+
+
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
     """FLOP/s of an n x n x n torch matmul here (best of 5 after two warm-ups): the MFU denominator
-    where no datasheet peak is known, i.e. what this device can reach, not what it is sold at."""
-    n = n or (8192 if device.type == "cuda" else 1024)
-    generator = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG alone
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    where no datasheet peak is known, i.e. what this device can reach, not what it is sold at.
+
+    Without `n`, the largest power of two up to 8192 on a GPU (1024 on a CPU) whose matmul stays
+    under about 50 ms: where a format has no fast kernel (fp16 on a CPU, 1 GFLOP/s here) a 1024^3
+    matmul takes seconds, and measuring it would cost a run more than its first steps."""
+    if n is None:
+        largest, n = (8192 if device.type == "cuda" else 1024), 256
+        while n < largest and 8 * _timed_matmul(*_matrices(n, device, dtype)) < 0.05:
+            n *= 2  # the next size does 8x the work
+    a, b = _matrices(n, device, dtype)
     best = math.inf
     for i in range(7):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        elapsed = _timed_matmul(a, b)
         if i > 1:  # the first two are warm-ups (thread pools, caches, clocks)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, elapsed)
     return 2 * n**3 / best
 
 

@@ -198,16 +198,17 @@ def measure_transcendentals(ops: ArrayOps, elements: int = 1 << 16, repeats: int
     }
 
 
-def measure_device(ops: ArrayOps, name: str) -> Device:
+def measure_device(ops: ArrayOps, name: str, quick: bool = False) -> Device:
     """This machine's roofs, measured with `ops`: the matmul ceiling (float32), the in-place
     STREAM triad's bandwidth from memory (arrays 4x the last-level cache) and from that cache
     (two arrays filling a quarter of it), each transcendental's in-cache rate, the cost of one
-    operator call; write-allocate is counted (a CPU)."""
+    operator call; write-allocate is counted (a CPU). `quick`: small arrays and few repeats,
+    which runs every step in a second but measures the cache, not the memory."""
     cache = last_level_cache_bytes()
     ceiling = ops.matmul_ceiling()
-    memory = measure_bandwidth(ops, 4 * cache)
-    cached = measure_bandwidth(ops, cache // 8, repeats=51)
-    rates = measure_transcendentals(ops)
+    memory = measure_bandwidth(ops, cache // 4 if quick else 4 * cache, repeats=3 if quick else 7)
+    cached = measure_bandwidth(ops, cache // 8, repeats=3 if quick else 51)
+    rates = measure_transcendentals(ops, repeats=3 if quick else 21)
     overhead = ops.call_overhead()
     return Device(
         name=name,

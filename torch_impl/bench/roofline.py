@@ -61,16 +61,19 @@ def validation_configs(quick: bool) -> dict[str, tuple[GPTConfig, int]]:
     }
 
 
-def measure_steps(configs: dict[str, tuple[GPTConfig, int]], steps: int) -> tuple[Device, dict]:
+def measure_steps(
+    configs: dict[str, tuple[GPTConfig, int]], steps: int, quick: bool = False
+) -> tuple[Device, dict]:
     """Each configuration's step profiled (`profile_step`), with this CPU's roofs measured before
     and after them all and the best of the two kept (`devices.best_of`): a roof is the most the
-    machine attains, and on a shared machine a single measurement can come out low."""
-    before = measure_this_cpu()
+    machine attains, and on a shared machine a single measurement can come out low. `quick`:
+    one quick measurement (`measure_device`), for a run that checks the code paths."""
+    before = measure_this_cpu(quick)
     measured = {
         name: profile_step(cfg, batch, cfg.block_size, ATTENTION, OPTIMIZER, steps)
         for name, (cfg, batch) in configs.items()
     }
-    return best_of([before, measure_this_cpu()]), measured
+    return (before if quick else best_of([before, measure_this_cpu()])), measured
 
 
 def validate(cfg: GPTConfig, batch: int, device: Device, measured: dict) -> dict:
@@ -265,7 +268,7 @@ def _gpu_rows(report: dict, device: Device) -> dict[str, dict]:
 def run(options: BenchOptions) -> dict:
     """Measure this CPU, validate the model at three configurations, and fill the claims table."""
     configs = validation_configs(options.quick)
-    device, measured = measure_steps(configs, options.steps)
+    device, measured = measure_steps(configs, options.steps, options.quick)
     validation = {
         name: validate(cfg, batch, device, measured[name]) for name, (cfg, batch) in configs.items()
     }
