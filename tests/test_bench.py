@@ -52,7 +52,7 @@ def test_report_names_device_versions_and_sections(quick_run):
     assert report["versions"]["torch"] == torch.__version__
     assert report["versions"]["cuda"] is None  # a CPU run
     assert report["date"] and report["quick"] is True
-    assert report["sections"] == ["train", "attention", "adamw", "numpy", "roofline"]
+    assert report["sections"] == ["train", "attention", "adamw", "compile", "numpy", "roofline"]
 
 
 def test_train_section_has_every_variant_and_nanogpt_ratio(quick_run):
@@ -94,6 +94,14 @@ def test_adamw_and_numpy_sections(quick_run):
     assert len(numpy_section["numpy_step_times"]) == len(numpy_section["torch_step_times"]) == 2
 
 
+def test_compile_section_times_one_block_eager_and_compiled(quick_run):
+    section = quick_run[0]["compile"]
+    assert section["backend"] == "aot_eager"  # --quick: the code path, no generated kernels
+    for key in ("compile_seconds", "eager_seconds", "compiled_seconds", "speedup"):
+        assert _positive(section[key]), key
+    assert len(section["times"]["eager"]) == len(section["times"]["compiled"]) == 2
+
+
 def test_roofline_section_predicts_and_measures_every_group_and_claim(quick_run):
     section = quick_run[0]["roofline"]
     assert _positive(section["device"]["bandwidth"]) and _positive(section["gelu_rate"])
@@ -113,7 +121,7 @@ def test_roofline_section_predicts_and_measures_every_group_and_claim(quick_run)
 
 def test_figures_are_drawn_and_redrawn_from_the_saved_file(quick_run, tmp_path):
     _, figures, out = quick_run
-    sections = ("train", "attention", "adamw", "numpy", "roofline")
+    sections = ("train", "attention", "adamw", "compile", "numpy", "roofline")
     names = {f"bench_cpu_quick_{s}.png" for s in sections}
     assert {p.name for p in figures.iterdir()} == names
     bench.main(["--plot", str(out), "--figures_dir", str(tmp_path)])

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from torch_impl.bench import adamw, attention, numpy_step, roofline, train
+from torch_impl.bench import adamw, attention, compile_block, numpy_step, roofline, train
 
 SECTIONS: dict[str, ModuleType] = {
     "train": train,
     "attention": attention,
     "adamw": adamw,
+    "compile": compile_block,
     "numpy": numpy_step,
     "roofline": roofline,
 }
