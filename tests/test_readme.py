@@ -9,6 +9,7 @@ written, plus flags that make it tiny (through `ARGS` for make), in the README's
 needs another's output (`make sample` needs the run of `make train`).
 """
 
+import os
 import re
 import shlex
 import shutil
@@ -128,7 +129,12 @@ def as_run(command: str) -> list[str]:
 
 
 def run_in(workspace: Path, argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, cwd=workspace, capture_output=True, text=True, timeout=600)
+    # Run from `make test ARGS=...`, this process inherits make's command-line variables (in the
+    # environment and in MAKEFLAGS); a make started here would take that ARGS (pytest's flags)
+    # for the command's own. The Makefile's variables (ARGS, OUT, TEXT) are the README's to set.
+    made = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "OUT", "TEXT")
+    env = {k: v for k, v in os.environ.items() if k not in made}
+    return subprocess.run(argv, cwd=workspace, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.mark.slow
