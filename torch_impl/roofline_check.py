@@ -152,17 +152,14 @@ class _TrafficMode(TorchDispatchMode):
                 written |= {_key(t): t for t in _tensors(value)}
         if (not outputs and not written) or op in _ALLOCATIONS:
             return out  # a view, an allocation, or scalars only: no kernel moves memory
-        read = 0
-        for key, t in inputs.items():
-            less = next(
-                (
-                    rule
-                    for (name, i), rule in _READ_LESS.items()
-                    if name == op and i < len(args) and key in map(_key, _tensors(args[i]))
-                ),
-                None,
-            )
-            read += less(args) if less is not None else tensor_bytes(t)
+        # the arguments whose kernel reads less than the whole tensor, and how much it reads
+        less = {
+            _key(t): rule(args)
+            for (name, index), rule in _READ_LESS.items()
+            if name == op and index < len(args)
+            for t in _tensors(args[index])
+        }
+        read = sum(less.get(key, tensor_bytes(t)) for key, t in inputs.items())
         write = sum(map(tensor_bytes, outputs)) + sum(map(tensor_bytes, written.values()))
         if read == 0 and write == 0:
             return out

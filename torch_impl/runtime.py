@@ -118,11 +118,12 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int | None = Non
     Without `n`, the largest power of two up to 8192 on a GPU (1024 on a CPU) whose matmul stays
     under about 50 ms: where a format has no fast kernel (fp16 on a CPU, 1 GFLOP/s here) a 1024^3
     matmul takes seconds, and measuring it would cost a run more than its first steps."""
-    if n is None:
-        largest, n = (8192 if device.type == "cuda" else 1024), 256
-        while n < largest and 8 * _timed_matmul(*_matrices(n, device, dtype)) < 0.05:
-            n *= 2  # the next size does 8x the work
+    largest = n or (8192 if device.type == "cuda" else 1024)
+    n = n or 256
     a, b = _matrices(n, device, dtype)
+    while n < largest and 8 * _timed_matmul(a, b) < 0.05:  # the next size does 8x the work
+        n *= 2
+        a, b = _matrices(n, device, dtype)
     best = math.inf
     for i in range(7):
         elapsed = _timed_matmul(a, b)

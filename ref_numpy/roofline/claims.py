@@ -82,10 +82,18 @@ def flash_attention_claim(device: Device, T: int, head_dim: int = 64) -> dict:
     }
 
 
-def _step(device: Device, cfg: GPTConfig, batch: int, **options):
+def _step(device: Device, cfg: GPTConfig, batch: int, overhead: bool = True, **options):
     precision, dtype_bytes = _precision(device)
     kernels = step_kernels(cfg, batch, dtype_bytes=dtype_bytes, **options)
-    return predict(kernels, device, precision, cfg, batch * cfg.block_size)
+    return predict(kernels, device, precision, cfg, batch * cfg.block_size, overhead=overhead)
+
+
+def _eager_and_compiled(device: Device, cfg: GPTConfig, batch: int, **options) -> dict:
+    """Predicted seconds of the step eager and with its elementwise chains fused."""
+    return {
+        mode: _step(device, cfg, batch, fused_elementwise=mode == "compiled", **options).seconds
+        for mode in ("eager", "compiled")
+    }
 
 
 def fused_adamw_claim(device: Device) -> dict:
@@ -104,28 +112,14 @@ def fused_adamw_claim(device: Device) -> dict:
 def compile_claim(device: Device) -> dict:
     """Eager against compiled (elementwise chains fused) GPT-2 124M steps: with today's flash
     attention and fused AdamW, and as nanoGPT measured it in December 2022."""
-    today = {
-        mode: _step(
-            device,
-            GPT2_124M,
-            GPT2_BATCH,
-            attention="flash",
-            optimizer="fused",
-            fused_elementwise=mode == "compiled",
-        ).seconds
-        for mode in ("eager", "compiled")
-    }
-    dec_2022 = {
-        mode: _step(
-            device,
-            NANOGPT_DEC_2022,
-            NANOGPT_DEC_2022_BATCH,
-            attention="materialised",
-            optimizer="foreach",
-            fused_elementwise=mode == "compiled",
-        ).seconds
-        for mode in ("eager", "compiled")
-    }
+    today = _eager_and_compiled(device, GPT2_124M, GPT2_BATCH, attention="flash", optimizer="fused")
+    dec_2022 = _eager_and_compiled(
+        device,
+        NANOGPT_DEC_2022,
+        NANOGPT_DEC_2022_BATCH,
+        attention="materialised",
+        optimizer="foreach",
+    )
     return {
         "flash_fused_eager_seconds": today["eager"],
         "flash_fused_compiled_seconds": today["compiled"],
@@ -141,21 +135,14 @@ def mfu_ceiling_claim(device: Device) -> dict:
     and launches cost nothing: eager (flash, fused AdamW) and compiled."""
     out = {}
     for mode in ("eager", "compiled"):
-        kernels = step_kernels(
+        prediction = _step(
+            device,
             GPT2_124M,
             GPT2_BATCH,
-            dtype_bytes=_precision(device)[1],
+            overhead=False,
             attention="flash",
             optimizer="fused",
             fused_elementwise=mode == "compiled",
-        )
-        prediction = predict(
-            kernels,
-            device,
-            _precision(device)[0],
-            GPT2_124M,
-            GPT2_BATCH * GPT2_124M.block_size,
-            overhead=False,
         )
         out[f"{mode}_mfu"] = prediction.mfu
         out[f"{mode}_matmul_share"] = prediction.by_group()["matmul"] / prediction.seconds
@@ -166,12 +153,10 @@ def memory_bound_claim(device: Device) -> dict:
     """Which kernel groups of a GPT-2 124M step (eager, flash, fused AdamW) are memory-bound on
     `device`, and the share of the step's time spent in memory-bound kernels."""
     prediction = _step(device, GPT2_124M, GPT2_BATCH, attention="flash", optimizer="fused")
-    bound: dict[str, dict[str, float]] = {g: {} for g in GROUPS}
-    for k in prediction.kernels:
-        bound[k.kernel.group][k.bound] = bound[k.kernel.group].get(k.bound, 0.0) + k.seconds
+    bound = prediction.bound_by_group()
     return {
         "memory_bound_share": prediction.memory_bound_share(),
-        "groups": {g: max(b, key=b.get) for g, b in bound.items() if b},
+        "groups": {group: bound[group] for group in GROUPS if group in bound},
     }
 
 

@@ -61,6 +61,14 @@ class Prediction:
             seconds[k.kernel.group] += k.seconds - (0.0 if overhead else k.overhead_seconds)
         return seconds
 
+    def bound_by_group(self) -> dict[str, str]:
+        """Per kernel group, the roof its kernels meet for most of their time."""
+        seconds: dict[str, dict[str, float]] = {}
+        for k in self.kernels:
+            by_bound = seconds.setdefault(k.kernel.group, {})
+            by_bound[k.bound] = by_bound.get(k.bound, 0.0) + k.seconds
+        return {group: max(b, key=b.get) for group, b in seconds.items()}
+
     def memory_bound_share(self) -> float:
         """The share of the step's time spent in memory-bound kernels."""
         return sum(k.seconds for k in self.kernels if k.bound == "memory") / self.seconds

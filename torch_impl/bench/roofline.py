@@ -94,13 +94,9 @@ def validate(cfg: GPTConfig, batch: int, device: Device, measured: dict) -> dict
         }
         for group, predicted in prediction.by_group(overhead=False).items()
     }
-    bound = {}
-    for k in prediction.kernels:
-        bound.setdefault(k.kernel.group, {}).setdefault(k.bound, 0.0)
-        bound[k.kernel.group][k.bound] += k.seconds
     return {
         "groups": groups,
-        "bound": {g: max(b, key=b.get) for g, b in bound.items()},
+        "bound": prediction.bound_by_group(),
         # the calls' cost: predicted as calls x the measured cost of one; measured as the
         # profiled step's time outside every mapped operator (Python, autograd, views)
         "overhead_predicted": prediction.overhead_seconds,
@@ -201,7 +197,7 @@ def _measured_compile(report_train: dict | None) -> dict | None:
     return {"speedup": speedup, "config": train.get("config")}
 
 
-def _median_by(rows: list[dict], key: str, value: str) -> dict:
+def _values_by(rows: list[dict], key: str, value: str) -> dict:
     return {row[key]: row[value] for row in rows if row.get(value) is not None}
 
 
@@ -237,14 +233,14 @@ def _gpu_rows(report: dict, device: Device) -> dict[str, dict]:
     attention = report.get("attention") or {}
     for T in sorted({r["T"] for r in attention.get("rows", []) if r.get("head_dim") == 64}):
         at_T = [r for r in attention["rows"] if r["T"] == T and r.get("head_dim") == 64]
-        seconds = _median_by(at_T, "implementation", "forward_backward_seconds")
+        seconds = _values_by(at_T, "implementation", "forward_backward_seconds")
         if MANUAL in seconds and SDPA_FLASH in seconds:
             claim = flash_attention_claim(device, T)
             rows[f"flash attention, T = {T}"] = {
                 "measured": seconds[MANUAL] / seconds[SDPA_FLASH],
                 "predicted": claim["speedup_over_materialised"],
             }
-    adamw = _median_by(report.get("adamw") or [], "implementation", "seconds_per_step")
+    adamw = _values_by(report.get("adamw") or [], "implementation", "seconds_per_step")
     if "foreach" in adamw and "fused" in adamw:
         rows["fused AdamW over foreach"] = {
             "measured": adamw["foreach"] / adamw["fused"],
@@ -389,24 +385,17 @@ def _print_claims(section: dict) -> None:
         for device, c in claims.items()
     ]
     adamw = cpu["adamw"]
-    rows.append(
-        [
-            "this CPU, predicted",
-            *(_ms(adamw[o]["predicted_seconds"]) for o in ("for_loop", "foreach", "fused")),
-            f"{adamw['foreach']['predicted_seconds'] / adamw['fused']['predicted_seconds']:.3g}",
-            "",
-            "",
-        ]
-    )
-    rows.append(
-        [
-            "this CPU, measured",
-            *(_ms(adamw[o]["measured_seconds"]) for o in ("for_loop", "foreach", "fused")),
-            f"{adamw['foreach']['measured_seconds'] / adamw['fused']['measured_seconds']:.3g}",
-            "",
-            "",
-        ]
-    )
+    for kind in ("predicted", "measured"):
+        seconds = {o: adamw[o][f"{kind}_seconds"] for o in ("for_loop", "foreach", "fused")}
+        rows.append(
+            [
+                f"this CPU, {kind}",
+                *(_ms(s) for s in seconds.values()),
+                f"{seconds['foreach'] / seconds['fused']:.3g}",
+                "",
+                "",
+            ]
+        )
     print(
         format_table(
             [
