@@ -256,6 +256,13 @@ PEAK_FLOPS: dict[str, dict[str, float | None]] = {
     "H100 SXM": {"bf16": 989.5e12, "fp16": 989.5e12, "tf32": 494.7e12, "fp32": 66.9e12},
     "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51.2e12},
     "H200": {"bf16": 989.5e12, "fp16": 989.5e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    # The NVL parts are PCIe cards with lower clocks and power (350-400 W, 600 W) than the SXM
+    # ones. NVIDIA's H100 and H200 product pages give, per GPU, 1,671 bf16/fp16 and 835 tf32
+    # TFLOPS with sparsity (halved here) and 60 fp32 TFLOPS for both; an earlier H100 NVL
+    # datasheet gave the totals of a bridged pair of cards (twice the SXM's figures), which
+    # is why tables that copied it disagree.
+    "H100 NVL": {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12},
+    "H200 NVL": {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12},
     "L4": {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
     "L40S": {"bf16": 362.05e12, "fp16": 362.05e12, "tf32": 183e12, "fp32": 91.6e12},
     # Ada whitepaper: 165.2 with fp32 accumulate (330.3 only with fp16 accumulate)
@@ -266,12 +273,15 @@ PEAK_FLOPS: dict[str, dict[str, float | None]] = {
 }
 
 # Substrings of torch.cuda.get_device_name() names, most specific first ("A10" is in "A100",
-# "L4" in "L40S", and an H100 that does not say PCIe is the SXM part, "NVIDIA H100 80GB HBM3").
+# "L4" in "L40S", and an H100 that says neither PCIe nor NVL is the SXM part, "NVIDIA H100 80GB
+# HBM3").
 _DEVICE_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("A100", "PCIE"), "A100 PCIe"),
     (("A100",), "A100 SXM"),
     (("H100", "PCIE"), "H100 PCIe"),
+    (("H100", "NVL"), "H100 NVL"),
     (("H100",), "H100 SXM"),
+    (("H200", "NVL"), "H200 NVL"),
     (("H200",), "H200"),
     (("L40S",), "L40S"),
     (("L4",), "L4"),

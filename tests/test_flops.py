@@ -127,6 +127,8 @@ def test_peak_flops_lookup():
     assert peak_flops_for("NVIDIA A100-SXM4-40GB") == 312e12
     assert peak_flops_for("NVIDIA A100 80GB PCIe", "tf32") == 156e12
     assert peak_flops_for("NVIDIA H200") == 989.5e12
+    assert peak_flops_for("NVIDIA H100 NVL") == 835.5e12  # the NVL cards have their own
+    assert peak_flops_for("NVIDIA H200 NVL", "fp32") == 60e12
     assert peak_flops_for("NVIDIA L4") == 121e12
     assert peak_flops_for("NVIDIA L40S") == PEAK_FLOPS["L40S"]["bf16"]
     assert peak_flops_for("NVIDIA A10G") == PEAK_FLOPS["A10G"]["bf16"]

@@ -252,6 +252,8 @@ def test_gpu_for_names_the_datasheet_entry():
     assert gpu_for("NVIDIA H100 80GB HBM3").name == "H100 SXM"
     assert gpu_for("NVIDIA H100 PCIe").name == "H100 PCIe"
     assert gpu_for("NVIDIA H200").name == "H200"
+    assert gpu_for("NVIDIA H100 NVL").name == "H100 NVL"
+    assert gpu_for("NVIDIA H200 NVL").name == "H200 NVL"
     assert gpu_for("NVIDIA A100-SXM4-80GB").name == "A100 80GB"
     assert gpu_for("NVIDIA A100-SXM4-40GB").name == "A100 40GB"
     assert gpu_for("NVIDIA GeForce RTX 4090") is None

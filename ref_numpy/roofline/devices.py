@@ -93,6 +93,9 @@ GPUS: dict[str, Device] = {
             "H100 PCIe", "H100 PCIe", 2.0e12, 114, 1.755e9, "NVIDIA H100 Tensor Core GPU datasheet"
         ),
         _gpu("H200", "H200", 4.8e12, 132, 1.98e9, "NVIDIA H200 Tensor Core GPU datasheet"),
+        # NVL: PCIe cards, 94 GB at 3.9 TB/s and 141 GB at 4.8 TB/s; boost 1.785 GHz (H100 NVL's)
+        _gpu("H100 NVL", "H100 NVL", 3.9e12, 132, 1.785e9, "NVIDIA H100 product page (NVL)"),
+        _gpu("H200 NVL", "H200 NVL", 4.8e12, 132, 1.785e9, "NVIDIA H200 product page (NVL)"),
         _gpu(
             "A100 40GB",
             "A100 SXM",
@@ -116,7 +119,9 @@ GPUS: dict[str, Device] = {
 # Substrings of torch.cuda.get_device_name() names, most specific first ("NVIDIA H100 80GB
 # HBM3" is the SXM part; "NVIDIA A100-SXM4-80GB" the 80 GB one)
 _GPU_PATTERNS = (
+    (("H200", "NVL"), "H200 NVL"),
     (("H200",), "H200"),
+    (("H100", "NVL"), "H100 NVL"),
     (("H100", "PCIE"), "H100 PCIe"),
     (("H100",), "H100 SXM"),
     (("A100", "80GB"), "A100 80GB"),
