@@ -138,6 +138,7 @@ def test_bad_input_gives_one_line_and_exit_2(program, case, tmp_path):
 TORCH_BAD_INPUTS = {
     "unknown device": (["--device", "tpu"], "unknown --device 'tpu'"),
     "unknown attention": (["--attention", "fast"], "--attention must be one of"),
+    "cudnn attention on a CPU": (["--attention", "cudnn"], "--attention cudnn runs on a CUDA GPU"),
     "config file with an unknown key": (["--config", "BAD_TOML"], "unknown option 'n_layers'"),
     "missing config file": (["--config", "/nonexistent/run.toml"], "does not exist"),
     "resume without a checkpoint": (["--init_from", "resume"], "no checkpoint at"),

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ref_numpy.config import GPTConfig
+from ref_numpy.errors import UserError
 from ref_numpy.flops import count_params, flops_per_token, mfu
 from torch_impl.model import GPT, fused_adamw_available
 from torch_impl.numpy_bridge import load_numpy_params, numpy_params
@@ -140,6 +141,31 @@ def test_unknown_attention_raises():
     with pytest.raises(ValueError, match="attention"):
         model.attention = "flash"
     assert model.attention == "sdpa"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's refusal")
+def test_cudnn_attention_is_refused_off_cuda_in_one_line():
+    model = make_model(attention="cudnn")
+    with pytest.raises(UserError, match="runs on a CUDA GPU only"):
+        model(random_tokens(SMALL, 1, 4))
+
+
+@pytest.mark.gpu
+def test_cudnn_attention_is_as_exact_as_sdpa_on_a_gpu():
+    """DESIGN.md's rule for a low-precision path: bf16 logits with cuDNN's attention are within
+    twice the error of SDPA's own choice (flash), plus one bf16 unit roundoff, of float64's."""
+    model = make_model()
+    tokens = random_tokens(SMALL, 2, SMALL.block_size)
+    reference, _ = make_model().double()(tokens, tokens)
+    model = model.cuda()
+    errors = {}
+    for attention in ("sdpa", "cudnn"):
+        model.attention = attention
+        with torch.autocast("cuda", torch.bfloat16):
+            logits, _ = model(tokens.cuda(), tokens.cuda())
+        difference = logits.detach().double().cpu() - reference.detach()
+        errors[attention] = float(difference.norm() / reference.detach().norm())
+    assert errors["cudnn"] <= 2 * errors["sdpa"] + 2.0**-8, errors
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "manual"])

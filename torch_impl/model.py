@@ -3,8 +3,9 @@
 The fast mirror of `ref_numpy`: the same `GPTConfig`, the same parameter names and shapes (so a
 NumPy parameter dict and a nanoGPT checkpoint both load), and the same arithmetic, proven equal
 by the tests. Attention runs either through `F.scaled_dot_product_attention` (a fused kernel,
-flash attention on a GPU), as the materialised masked softmax that spells the math out, or
-through the project's own FlashAttention-2 kernels (`torch_impl.triton_attention`, optional).
+flash attention on a GPU, or held to cuDNN's fused attention), as the materialised masked softmax
+that spells the math out, or through the project's own FlashAttention-2 kernels
+(`torch_impl.triton_attention`, optional).
 References: nanoGPT (Karpathy), GPT-2 (Radford et al. 2019).
 """
 
@@ -19,12 +20,16 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ref_numpy.config import GPTConfig
 from ref_numpy.errors import UserError
 from torch_impl.kv_cache import KVCache
 
-ATTENTION_BACKENDS = ("sdpa", "manual", "triton")
+# sdpa: torch's choice of fused kernel (flash on a GPU); cudnn: SDPA held to cuDNN's attention,
+# CUDA only (on Hopper, with a recent cuDNN, often the fastest); manual: the masked softmax
+# spelled out; triton: the project's FlashAttention-2 kernels
+ATTENTION_BACKENDS = ("sdpa", "cudnn", "manual", "triton")
 
 # Keys of a nanoGPT checkpoint that this model does not store: the causal-mask buffer of older
 # nanoGPT (saved when it had no flash attention); the mask here is rebuilt, never saved.
@@ -87,6 +92,12 @@ class CausalSelfAttention(nn.Module):
         if self.attention == "sdpa":
             dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif self.attention == "cudnn":
+            if q.device.type != "cuda":
+                raise UserError("attention='cudnn' runs on a CUDA GPU only; use 'sdpa' here")
+            dropout_p = self.dropout if self.training else 0.0
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):  # that kernel or an error, no other
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         elif self.attention == "triton":
             if self.training and self.dropout > 0:
                 raise ValueError(
@@ -230,7 +241,7 @@ class GPT(nn.Module):
 
     @property
     def attention(self) -> str:
-        """The attention backend of every block; assign to switch ("sdpa", "manual", "triton")."""
+        """The attention backend of every block; assign to switch (one of ATTENTION_BACKENDS)."""
         return self.transformer.h[0].attn.attention
 
     @attention.setter

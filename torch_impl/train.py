@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ref_numpy.data import decode
+from ref_numpy.errors import UserError
 from ref_numpy.flops import flops_per_token, mfu
 from ref_numpy.gpt import init_params
 from ref_numpy.train.batches import MicroBatchStreams, TrainingData, load_training_data
@@ -73,6 +74,8 @@ from torch_impl.train_config import TorchTrainConfig, config_for_run
 def main(argv: Sequence[str] | None = None) -> None:
     config, checkpoint = config_for_run(argv, __doc__.splitlines()[0])
     ctx = distributed_from_env(config.gradient_accumulation_steps)
+    if config.attention == "cudnn" and resolve_device(config.device).type != "cuda":
+        raise UserError(f"--attention cudnn runs on a CUDA GPU, not on {config.device}; use sdpa")
     with contextlib.ExitStack() as held:
         if ctx.is_master:  # rank 0 writes the run's files: its folder is checked and locked first
             new_run = config.init_from != "resume"
@@ -191,6 +194,7 @@ class TorchTrainer(Trainer):
             self.config.grad_clip,
             self.autocast,
             self.scaler,
+            read_back=False,  # the loop reads the loss back for the steps it logs
         )
 
     def estimate_loss(self, batches: dict[str, list]) -> dict[str, float]:

@@ -2,8 +2,10 @@
 
 The loop drives a `Trainer`, which holds one implementation's model and optimizer: `step` takes
 an iteration's micro-batches and learning rate and returns the mean loss and the gradient norm
-before clipping; `estimate_loss` returns each split's mean loss over the fixed evaluation
-batches. The rest of the interface has defaults that fit a single process with nothing to save
+before clipping (numbers, or 0-d tensors still on a GPU: the loop reads them back only for the
+steps it logs, and all of them before anything is saved, so that a GPU never waits for the host
+between steps and no non-finite loss reaches a checkpoint); `estimate_loss` returns each
+split's mean loss over the fixed evaluation batches. The rest of the interface has defaults that fit a single process with nothing to save
 (the NumPy trainer); the torch trainer overrides them to write checkpoints, stop on a signal,
 report MFU and run as one rank of several.
 """
@@ -46,7 +48,8 @@ class Trainer:
     is_master = True  # the process that evaluates and logs (rank 0 of a data-parallel job)
 
     def step(self, micro_batches: list, lr: float) -> tuple[float, float]:
-        """One optimizer step: (mean loss of the micro-batches, gradient norm before clipping)."""
+        """One optimizer step: (mean loss of the micro-batches, gradient norm before clipping),
+        as numbers or as anything float() reads one from (a 0-d tensor)."""
         raise NotImplementedError
 
     def estimate_loss(self, batches: dict[str, list]) -> dict[str, float]:
@@ -107,6 +110,16 @@ def _check_finite(loss: float, it: int, state: LoopState) -> None:
         f"the loss became {loss} at iteration {it}; training stopped and {kept} "
         f"(try a lower --learning_rate)"
     )
+
+
+def _read_back(unread: list, state: LoopState) -> list[tuple[int, float, float]]:
+    """The unread steps' (iteration, loss, gradient norm) as numbers, each loss checked finite in
+    order (the first non-finite one ends the run); `unread` is emptied."""
+    steps = [(it, float(loss), float(grad_norm)) for it, loss, grad_norm in unread]
+    unread.clear()
+    for it, loss, _ in steps:
+        _check_finite(loss, it, state)
+    return steps
 
 
 def _step_record(
@@ -172,26 +185,37 @@ def _train(config, data, log, trainer, streams, state) -> bool:  # train_loop's 
         total=config.max_iters,
         disable=not trainer.is_master,
     )
+    # throughput is measured over the steps between two read-backs (the clock is read after the
+    # loss, which waits for the GPU), restarted after each evaluation
+    window_start, window_iter = time.perf_counter(), start_iter
+    unread: list = []  # (iteration, loss, grad norm) of the steps not yet read back
     for it in progress:
         if it % config.eval_interval == 0:
+            _read_back(unread, state)
             evaluate(it, trainer, state, log)
             if it > start_iter:
                 _save(trainer, state)
+            window_start, window_iter = time.perf_counter(), it
         lr = config.lr_at(it)
-        started = time.perf_counter()
         loss, grad_norm = trainer.step(streams.next_micro_batches(), lr)
-        _check_finite(loss, it, state)
         state.iter_num = it + 1
-        tokens_per_second = tokens_per_iter / (time.perf_counter() - started)
-        mfu = trainer.mfu(tokens_per_second)
+        unread.append((it, loss, grad_norm))
         if it % config.log_interval == 0:
+            _, loss, grad_norm = _read_back(unread, state)[-1]
+            now = time.perf_counter()
+            tokens_per_second = tokens_per_iter * (it + 1 - window_iter) / (now - window_start)
+            window_start, window_iter = now, it + 1
+            mfu = trainer.mfu(tokens_per_second)
             log.write(_step_record(it, loss, lr, grad_norm, tokens_per_second, mfu))
-        postfix = {"loss": f"{loss:.4f}", "tok_s": f"{tokens_per_second:,.0f}"}
-        progress.set_postfix(postfix if mfu is None else {**postfix, "mfu": f"{100 * mfu:.1f}%"})
+            postfix = {"loss": f"{loss:.4f}", "tok_s": f"{tokens_per_second:,.0f}"}
+            mfu_text = {} if mfu is None else {"mfu": f"{100 * mfu:.1f}%"}
+            progress.set_postfix({**postfix, **mfu_text})
         if trainer.stop_requested():
+            _read_back(unread, state)
             progress.close()
             _save(trainer, state)
             return False
+    _read_back(unread, state)
     evaluate(config.max_iters, trainer, state, log)
     _save(trainer, state)
     return True

@@ -6,7 +6,11 @@ FlashAttention-2's own benchmarks), in bf16 on a GPU; smaller, and in float32, o
 each implementation: forward time, forward + backward time, the FLOP rates these imply, the peak
 memory of forward + backward (CUDA), and the bytes autograd keeps for the backward (any device),
 where the manual path's T x T probabilities show and flash attention's O(T) statistics do not.
-On a GPU with torch_impl's Triton kernel, that kernel is a third column, at head dims 64 and 128.
+On a GPU two more columns: SDPA held to cuDNN's attention, and torch_impl's Triton kernel where
+the triton package is installed, at head dims 64 and 128. `--lengths` and `--head_dims` narrow
+the grid (the GPU report times T = 1024 and 4096). Each timed reading is 10 calls back to back on
+a GPU (`timing.interleaved_times`), and each implementation runs once before its peak memory is
+read, so that one-off allocations (the Triton autotuner's cache-flush buffer) stay out of it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from torch_impl.bench.timing import (
 from torch_impl.model import CausalSelfAttention
 from torch_impl.report import figure_title, format_table, mib
 
-SDPA_FLASH, MANUAL, TRITON = "sdpa flash", "manual", "triton"
+SDPA_FLASH, SDPA_CUDNN, MANUAL, TRITON = "sdpa flash", "sdpa cudnn", "manual", "triton"
+OPTIONAL = (SDPA_CUDNN, TRITON)  # kernels that may be missing or fail here without sinking the table
+REPEAT = {"cuda": 10, "cpu": 1}  # calls per timed reading
 # (tokens B*T, width H*d, sequence lengths T, head dims d) per kind of run
 GRIDS = {
     "cuda": (16_384, 2048, (256, 512, 1024, 2048, 4096, 8192), (64, 128)),
@@ -58,6 +64,11 @@ def _sdpa_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tens
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def _sdpa_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 def _manual(T: int, heads: int, head_dim: int, device: torch.device) -> Callable:
     """The model's own manual path: scores, causal mask, softmax, weighted sum (eval mode: the
     dropout is the identity and no time goes to it)."""
@@ -71,6 +82,8 @@ def attention_functions(
 ) -> dict[str, Callable]:
     """The implementations measured at this size: (q, k, v) (B, H, T, d) -> (B, H, T, d)."""
     functions = {SDPA_FLASH: _sdpa_flash}
+    if device.type == "cuda":
+        functions[SDPA_CUDNN] = _sdpa_cudnn
     if with_manual:
         functions[MANUAL] = _manual(T, heads, head_dim, device)
     if triton_runs_on(device):
@@ -117,19 +130,20 @@ def _measure_size(
         try:
             row["max_abs_diff_vs_sdpa_flash"] = float((forward() - reference).abs().max())
             row["saved_for_backward_bytes"] = saved_for_backward_bytes(lambda a=attend: a(q, k, v))
+            forward_backward()  # compiles and autotunes first: its buffers are not the kernel's
             row["peak_memory_bytes"] = peak_allocated_bytes(forward_backward, device)
         except torch.cuda.OutOfMemoryError:  # the manual path at long T: a result, not a bug
             row["error"] = "out of memory"
             continue
         except Exception as error:  # an unverified extra kernel must not sink the table
-            if name != TRITON:
+            if name not in OPTIONAL:
                 raise
             row["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
             continue
         calls[f"{name}|forward"] = forward
         calls[f"{name}|forward_backward"] = forward_backward
 
-    times = interleaved_times(calls, steps, warmup, device)
+    times = interleaved_times(calls, steps, warmup, device, repeat=REPEAT[device.type])
     for key, seconds in times.items():
         name, phase = key.split("|")
         median = statistics.median(seconds)
@@ -142,6 +156,7 @@ def run(options: BenchOptions) -> dict:
     """Every implementation at every size of the device's grid, causal, forward and backward."""
     device, steps, warmup = options.device, options.steps, options.warmup
     tokens, width, lengths, head_dims = GRIDS["quick" if options.quick else device.type]
+    lengths, head_dims = options.lengths or lengths, options.head_dims or head_dims
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = []
     for head_dim in head_dims:
@@ -157,6 +172,7 @@ def run(options: BenchOptions) -> dict:
         "causal": True,
         "flops_convention": "causal half: forward 2*B*H*T^2*d, forward+backward 3.5x that",
         "triton_measured": any(row["implementation"] == TRITON for row in rows),
+        "calls_per_reading": REPEAT[device.type],
         "steps": steps,
         "warmup": warmup,
         "rows": rows,
@@ -187,7 +203,7 @@ def print_table(section: dict) -> None:
     print(format_table(headers + ["peak MiB", "saved MiB", "error"], rows))
 
 
-COLORS = {SDPA_FLASH: "tab:blue", MANUAL: "tab:red", TRITON: "tab:green"}
+COLORS = {SDPA_FLASH: "tab:blue", SDPA_CUDNN: "tab:purple", MANUAL: "tab:red", TRITON: "tab:green"}
 
 
 def figure(report: dict):

@@ -58,6 +58,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--out", type=Path, default=None, help="results/bench_<device>[_<sections>][_quick].json"
     )
     parser.add_argument("--nanogpt", type=Path, default=None, help="a nanoGPT checkout folder")
+    parser.add_argument(
+        "--lengths", default=None, help="attention section's T, comma-separated (e.g. 1024,4096)"
+    )
+    parser.add_argument(
+        "--head_dims", default=None, help="attention section's head dims, comma-separated"
+    )
     parser.add_argument("--figures", action="store_true", help="draw the results when done")
     parser.add_argument("--figures_dir", type=Path, default=FIGURES_DIR, help="figures/")
     parser.add_argument("--plot", type=Path, default=None, help="only draw this saved result")
@@ -86,6 +92,9 @@ def _options(args: argparse.Namespace, device: torch.device, sections: list[str]
             raise UserError("--nanogpt times a training step: include the train section")
         if not (args.nanogpt / "model.py").is_file():
             raise UserError(f"--nanogpt {args.nanogpt}: no model.py there; give its checkout")
+    lengths, head_dims = _sizes("--lengths", args.lengths), _sizes("--head_dims", args.head_dims)
+    if (lengths or head_dims) and "attention" not in sections:
+        raise UserError("--lengths and --head_dims size the attention section: include it")
     default_steps, default_warmup = STEPS["quick" if args.quick else device.type]
     return BenchOptions(
         device=device,
@@ -94,7 +103,22 @@ def _options(args: argparse.Namespace, device: torch.device, sections: list[str]
         warmup=default_warmup if args.warmup is None else args.warmup,
         batch_size=args.batch_size,
         nanogpt=args.nanogpt,
+        lengths=lengths,
+        head_dims=head_dims,
     )
+
+
+def _sizes(flag: str, text: str | None) -> tuple[int, ...] | None:
+    """'1024,4096' -> (1024, 4096); None stays None."""
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"{flag} {text!r}: give positive whole numbers, comma-separated")
+    return sizes
 
 
 def run_benchmarks(args: argparse.Namespace) -> dict:

@@ -37,6 +37,8 @@ class BenchOptions:
     warmup: int  # untimed steps before them
     batch_size: int | None = None  # the train section's batch; None: the model's own
     nanogpt: Path | None = None  # a nanoGPT checkout whose model the train section times too
+    lengths: tuple[int, ...] | None = None  # the attention section's T; None: its device's grid
+    head_dims: tuple[int, ...] | None = None  # and its head dims
 
 
 def make_train_model() -> tuple[GPTConfig, int]:

@@ -2,9 +2,12 @@
 
 Every section compares variants of one computation in one process. Their calls are interleaved
 round-robin after a warm-up and each variant reports the median of its calls, so a burst of load
-on a shared machine hits all of them alike and one slow call moves no result. On a GPU each call
-starts after a synchronize (nothing queued ahead of it) and is bracketed by CUDA events, which
-time the work on the GPU itself; on the CPU by `time.perf_counter`.
+on a shared machine hits all of them alike and one slow call moves no result. On a GPU each timed
+stretch starts after a synchronize (nothing queued ahead of it) and is bracketed by CUDA events,
+which time the work on the GPU itself; on the CPU by `time.perf_counter`. A call much shorter
+than its own Python launch time (attention at small T: the Triton path's four kernel launches)
+is timed as `repeat` calls back to back between one pair of events, so that the GPU never waits
+for the host between them, and each call is charged the mean.
 """
 
 from __future__ import annotations
@@ -20,18 +23,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_call(call: Callable[[], object], device: torch.device) -> Callable[[], float]:
-    """Run `call` once; return a function giving its seconds (read after a final synchronize)."""
+def _timed_call(
+    call: Callable[[], object], device: torch.device, repeat: int = 1
+) -> Callable[[], float]:
+    """Run `call` `repeat` times back to back; return a function giving the seconds per call
+    (read after a final synchronize)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        call()
+        for _ in range(repeat):
+            call()
         end.record()
-        return lambda: start.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
+        return lambda: start.elapsed_time(end) / 1e3 / repeat  # elapsed_time is in milliseconds
     start_time = time.perf_counter()
-    call()
-    elapsed = time.perf_counter() - start_time
+    for _ in range(repeat):
+        call()
+    elapsed = (time.perf_counter() - start_time) / repeat
     return lambda: elapsed
 
 
@@ -41,8 +49,10 @@ def interleaved_times(
     warmup: int,
     device: torch.device,
     settle: int = 0,
+    repeat: int = 1,
 ) -> dict[str, list[float]]:
-    """Seconds of each of `steps` calls of every entry of `calls`, after `warmup` untimed rounds.
+    """Seconds of each of `steps` calls of every entry of `calls`, after `warmup` untimed rounds
+    (with `repeat`, each reading is the mean of that many calls back to back).
 
     Round r calls every entry once, in order; a warm-up round is a round whose times are dropped
     (it compiles, fills caches, lets the allocator settle). With `settle`, each entry first runs
@@ -55,7 +65,7 @@ def interleaved_times(
         for name, call in calls.items():
             for _ in range(settle):
                 call()
-            reading = _timed_call(call, device)
+            reading = _timed_call(call, device, repeat)
             if round_index >= warmup:
                 pending[name].append(reading)
     synchronize(device)
