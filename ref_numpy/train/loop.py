@@ -5,9 +5,9 @@ an iteration's micro-batches and learning rate and returns the mean loss and the
 before clipping (numbers, or 0-d tensors still on a GPU: the loop reads them back only for the
 steps it logs, and all of them before anything is saved, so that a GPU never waits for the host
 between steps and no non-finite loss reaches a checkpoint); `estimate_loss` returns each
-split's mean loss over the fixed evaluation batches. The rest of the interface has defaults that fit a single process with nothing to save
-(the NumPy trainer); the torch trainer overrides them to write checkpoints, stop on a signal,
-report MFU and run as one rank of several.
+split's mean loss over the fixed evaluation batches. The rest of the interface has defaults that
+fit a single process with nothing to save (the NumPy trainer); the torch trainer overrides them
+to write checkpoints, stop on a signal, report MFU and run as one rank of several.
 """
 
 from __future__ import annotations

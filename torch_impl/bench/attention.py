@@ -33,7 +33,7 @@ from torch_impl.model import CausalSelfAttention
 from torch_impl.report import figure_title, format_table, mib
 
 SDPA_FLASH, SDPA_CUDNN, MANUAL, TRITON = "sdpa flash", "sdpa cudnn", "manual", "triton"
-OPTIONAL = (SDPA_CUDNN, TRITON)  # kernels that may be missing or fail here without sinking the table
+OPTIONAL = (SDPA_CUDNN, TRITON)  # may be missing or fail here without sinking the table
 REPEAT = {"cuda": 10, "cpu": 1}  # calls per timed reading
 # (tokens B*T, width H*d, sequence lengths T, head dims d) per kind of run
 GRIDS = {
