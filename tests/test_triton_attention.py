@@ -174,6 +174,14 @@ def test_strided_inputs_give_the_same_bits(rng):
 SMALL = GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32)  # head dim 16
 
 
+def gpt_and_batch() -> tuple[GPT, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = GPT(SMALL, attention="triton").to(DEVICE)
+    generator = torch.Generator().manual_seed(1)
+    idx, targets = (torch.randint(0, 65, (2, 29), generator=generator).to(DEVICE) for _ in range(2))
+    return model, idx, targets
+
+
 def loss_and_grads(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> list[np.ndarray]:
     model.zero_grad()
     _, loss = model(idx, targets)
@@ -185,10 +193,7 @@ def loss_and_grads(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> list
 def test_gpt_with_triton_attention_within_twice_sdpa():
     """One forward and backward of the GPT: loss and gradients in float32 with attention="triton",
     against a float64 model, within twice the error of the same float32 model with "sdpa"."""
-    torch.manual_seed(0)
-    model = GPT(SMALL, attention="triton").to(DEVICE)
-    generator = torch.Generator().manual_seed(1)
-    idx, targets = (torch.randint(0, 65, (2, 29), generator=generator).to(DEVICE) for _ in range(2))
+    model, idx, targets = gpt_and_batch()
     reference_model = copy.deepcopy(model).double()
     reference_model.attention = "manual"
     reference = loss_and_grads(reference_model, idx, targets)
@@ -235,6 +240,55 @@ def test_bad_inputs_are_refused_with_a_reason():
     dropout.attention = "triton"
     with pytest.raises(ValueError, match="dropout"):
         dropout.to(DEVICE)(torch.zeros(1, 8, dtype=torch.long, device=DEVICE))
+
+
+# --- torch.compile: the kernels as operators of the torch library -------------------------------
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches emptied before and after, so no test sees another's compiled frames."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_the_operators_pass_opcheck(rng):
+    """torch.library.opcheck runs each operator eagerly, on fake tensors (its registered shapes),
+    through AOTAutograd, and checks the schema and the autograd registration against them."""
+    q, k, v, do = (
+        torch.tensor(rng.standard_normal((1, 2, 20, 16)), dtype=torch.float32, device=DEVICE)
+        for _ in range(4)
+    )
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    torch.library.opcheck(ta._forward_op, (*leaves, True, 0.25))
+    o, L = ta._forward_op(q, k, v, True, 0.25)
+    torch.library.opcheck(ta._backward_op, (q, k, v, o, L, do, True, 0.25))
+
+
+def test_gpt_with_triton_attention_traces_as_one_graph(fresh_dynamo):
+    """Dynamo traces the GPT's forward and loss whole: no graph break at the attention (the
+    torch.compiler.disable it once had broke the graph in every layer), and each layer's
+    attention is one node, the forward operator."""
+    model, idx, targets = gpt_and_batch()
+    explanation = torch._dynamo.explain(model)(idx, targets)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    (graph,) = explanation.graphs
+    calls = [n for n in graph.graph.nodes if n.target is torch.ops.nanogpt.flash_forward.default]
+    assert len(calls) == SMALL.n_layer
+
+
+def test_compiled_gpt_gives_the_eager_loss_and_gradients(fresh_dynamo):
+    """torch.compile with AOTAutograd (aot_eager: the traced graphs run op by op, so that the
+    compiled model does the eager arithmetic) and fullgraph=True, which raises on a graph break:
+    the same bits as the eager model, the backward through the registered autograd formula."""
+    model, idx, targets = gpt_and_batch()
+    eager = loss_and_grads(model, idx, targets)
+    compiled = loss_and_grads(
+        torch.compile(model, backend="aot_eager", fullgraph=True), idx, targets
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(eager, compiled))
 
 
 # --- GPU: 16-bit inputs at long T, a training run -----------------------------------------------

@@ -9,6 +9,15 @@ inner loop over the other blocks. Three departures, each for speed, none changin
   GPU's native exponential. m_i and the stored L are in those units too, so that the backward
   recomputes P_ij = exp2(S_ij - L_i) from the very numbers the forward rounded (the L that
   `flash_attention_forward` hands out is in natural units, as NumPy's lse).
+- The scale is applied inside the exponent. S_ij = (Q_i K_j^T) qk_scale is never stored:
+  the row max is taken of the raw products QK_ij and scaled once per row (rounding is monotonic
+  and qk_scale > 0, so that is the max of the scaled scores, to the bit), and the exponent
+  S_ij - m_i is one fused multiply-add per element, QK_ij * qk_scale - m_i, as in Triton's
+  fused-attention tutorial, where a multiply and a subtraction were two instructions. The
+  FMA rounds once where those rounded twice (the interpreter, without FMA, rounds as before).
+  Folding the scale into Q_i once instead would round Q_i * qk_scale to Q's dtype: a rounding
+  of every 16-bit input that plain attention does not make, which the tests' 2x rule need not
+  allow for.
 - The key loop runs in two parts: blocks wholly below the diagonal (and, without the causal
   mask, every complete block) with no mask, then the blocks crossing the diagonal, or the
   partial last block, masked elementwise (`_visited` of the NumPy code, decided per loop).
@@ -60,24 +69,37 @@ MAX_HEAD_DIM = 128  # Q_i, dK_j and dV_j live in registers: d = 256 no longer fi
 # the block a program owns is a multiple of the one it loops over, so the diagonal falls on
 # loop-block boundaries. A config whose tiles overflow shared memory is skipped (one that spills
 # registers is only slow). The last of each list has the smallest tiles, float32's only ones.
+# The lists follow the configurations Triton's fused-attention tutorial publishes for Hopper:
+# forward 128 x 64 and 128 x 128 tiles, 3 or 4 stages (the loads of the next key blocks in
+# flight while this one is multiplied); backward the tutorial's 5 stages on a thin looped-over
+# block against a wide owned one (32 queries under 128 keys for dK, dV; 128 queries over 32 keys
+# for dQ). Its 4 warps on those wide blocks spill registers here at d = 128 (dK_j and dV_j, or
+# O_i, [128, d] float32 each, with Q_i or K_j, V_j beside them), so they take 8. float32's tiles
+# are smaller still: its products run on the CUDA cores, whose operands are held in registers.
+# `python -m torch_impl.triton_aot` compiles every one of them for sm_90 and records registers,
+# spills and shared memory in results/triton_sm90.json; tests/test_triton_aot.py keeps every
+# config the autotuner may time free of spills. 128 x 128 with 4 stages is over sm_90's shared
+# memory at d = 128, where the autotuner skips it.
 FORWARD_CONFIGS = [
-    (128, 64, 8, 3),
+    (128, 128, 8, 4),
     (128, 128, 8, 3),
-    (128, 64, 4, 3),
+    (128, 64, 8, 4),
+    (128, 64, 8, 3),
     (64, 64, 4, 3),
-    (64, 32, 4, 2),
+    (32, 16, 8, 2),
 ]
 DK_DV_CONFIGS = [
+    (32, 128, 8, 5),
     (32, 128, 8, 3),
-    (64, 128, 8, 2),
+    (32, 64, 4, 5),
     (32, 64, 4, 3),
-    (64, 64, 4, 3),
-    (16, 32, 4, 2),
+    (16, 32, 8, 2),
 ]
 DQ_CONFIGS = [
+    (128, 32, 8, 5),
     (128, 32, 8, 3),
     (128, 64, 8, 2),
-    (64, 64, 4, 3),
+    (64, 32, 4, 5),
     (64, 32, 4, 3),
     (32, 16, 4, 2),
 ]
@@ -205,13 +227,14 @@ def _forward_key_blocks(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         K_j = _load_rows(K, offs_n, stride_kt, T, HEAD_DIM)  # line 7: load K_j, V_j   [B_c, d]
         V_j = _load_rows(V, offs_n, stride_vt, T, HEAD_DIM)
-        S_ij = tl.dot(Q_i, tl.trans(K_j), input_precision=DOT_PRECISION) * qk_scale  # line 8
+        # line 8: S_ij = QK_ij qk_scale, the scale applied in the exponent (module docstring)
+        QK_ij = tl.dot(Q_i, tl.trans(K_j), input_precision=DOT_PRECISION)
         if MASKED:
-            S_ij = tl.where(_visible(offs_m, offs_n, T, CAUSAL), S_ij, float("-inf"))
+            QK_ij = tl.where(_visible(offs_m, offs_n, T, CAUSAL), QK_ij, float("-inf"))
         # line 9: new running max; P_ij relative to it; the old sum rescaled to the new max.
         # The first visited block holds key 0, seen by every query, so m_new is finite.
-        m_new = tl.maximum(m_i, _row_max(S_ij))
-        P_ij = tl.math.exp2(S_ij - m_new[:, None])  # exp2(-inf) = 0 at masked entries
+        m_new = tl.maximum(m_i, _row_max(QK_ij) * qk_scale)
+        P_ij = tl.math.exp2(QK_ij * qk_scale - m_new[:, None])  # exp2(-inf) = 0 where masked
         rescale = tl.math.exp2(m_i - m_new)  # [B_r]; 0 when m_i = -inf
         l_i = rescale * l_i + _row_sum(P_ij)
         # line 10: O_i = rescale O_i + P_ij V_j, P_ij rounded to V's dtype as the matmul input
@@ -289,7 +312,7 @@ def _dk_dv_query_blocks(
     BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """Lines 7-15 of Algorithm 2 over the query blocks starting in [lo, hi), less line 14 (dQ).
-    Tiles are held transposed, [B_c, B_r] (S_ij^T, written ST_ij), so that P_ij^T dO_i and
+    Tiles are held transposed, [B_c, B_r] (P_ij^T, written PT_ij), so that P_ij^T dO_i and
     dS_ij^T Q_i are plain matmuls."""
     for start_m in range(lo, hi, BLOCK_M):  # line 7: for each query block i
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -297,10 +320,11 @@ def _dk_dv_query_blocks(
         dO_i = _load_rows(dO, offs_m, stride_dot, T, HEAD_DIM)
         L_i = tl.load(L + offs_m, mask=offs_m < T, other=0.0)
         D_i = tl.load(D + offs_m, mask=offs_m < T, other=0.0)
-        ST_ij = tl.dot(K_j, tl.trans(Q_i), input_precision=DOT_PRECISION) * qk_scale  # line 9
+        QKT_ij = tl.dot(K_j, tl.trans(Q_i), input_precision=DOT_PRECISION)  # line 9, unscaled
         if MASKED:  # causal: key n is seen by queries m >= n only
-            ST_ij = tl.where(offs_m[None, :] >= offs_n[:, None], ST_ij, float("-inf"))
-        PT_ij = tl.math.exp2(ST_ij - L_i[None, :])  # line 10: exact probabilities, from L_i
+            QKT_ij = tl.where(offs_m[None, :] >= offs_n[:, None], QKT_ij, float("-inf"))
+        # line 10: exact probabilities, from L_i, the scale in the exponent's FMA as forward
+        PT_ij = tl.math.exp2(QKT_ij * qk_scale - L_i[None, :])
         dV_j = tl.dot(PT_ij.to(dO_i.dtype), dO_i, dV_j, input_precision=DOT_PRECISION)  # line 11
         dPT_ij = tl.dot(V_j, tl.trans(dO_i), input_precision=DOT_PRECISION)  # line 12
         dST_ij = PT_ij * (dPT_ij - D_i[None, :])  # line 13
@@ -368,10 +392,10 @@ def _dq_key_blocks(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         K_j = _load_rows(K, offs_n, stride_kt, T, HEAD_DIM)  # line 5: load K_j, V_j
         V_j = _load_rows(V, offs_n, stride_vt, T, HEAD_DIM)
-        S_ij = tl.dot(Q_i, tl.trans(K_j), input_precision=DOT_PRECISION) * qk_scale  # line 9
+        QK_ij = tl.dot(Q_i, tl.trans(K_j), input_precision=DOT_PRECISION)  # line 9, unscaled
         if MASKED:
-            S_ij = tl.where(_visible(offs_m, offs_n, T, CAUSAL), S_ij, float("-inf"))
-        P_ij = tl.math.exp2(S_ij - L_i[:, None])  # line 10
+            QK_ij = tl.where(_visible(offs_m, offs_n, T, CAUSAL), QK_ij, float("-inf"))
+        P_ij = tl.math.exp2(QK_ij * qk_scale - L_i[:, None])  # line 10, as forward
         dP_ij = tl.dot(dO_i, tl.trans(V_j), input_precision=DOT_PRECISION)  # line 12
         dS_ij = P_ij * (dP_ij - D_i[:, None])  # line 13
         dQ_i = tl.dot(dS_ij.to(K_j.dtype), K_j, dQ_i, input_precision=DOT_PRECISION)  # line 14
@@ -421,10 +445,7 @@ def _checked(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The tensors, each with unit stride along d (copied if not), after checking what the
     kernels need: Triton present, (B, H, T, d) alike, a supported dtype, d a power of two
     16..128 (`triton_attention` pads any other d), CUDA unless interpreted."""
-    if not TRITON_AVAILABLE:
-        raise ValueError(
-            "Triton attention needs the triton package: pip install -r requirements-triton.txt"
-        )
+    _require_triton()
     first = tensors[0]
     if first.dim() != 4 or any(t.shape != first.shape for t in tensors):
         shapes = [tuple(t.shape) for t in tensors]
@@ -501,6 +522,71 @@ def _backward(q, k, v, o, L, do, causal: bool, scale: float) -> tuple[torch.Tens
     return dq, dk, dv
 
 
+# ----------------------------------------------------------------------------- the operator
+# torch.compile sees the kernels as two operators of the torch library, `nanogpt::flash_forward`
+# (O and the base-2 L) and `nanogpt::flash_backward` (dQ, dK, dV), joined by a registered
+# autograd formula. Dynamo records each as one node of the graph, as it records a matmul: it does
+# not trace into the launchers (Triton's autotuner and grid lambdas are Python that a graph
+# cannot hold), and it need not break the graph around them either, which an
+# autograd.Function under torch.compiler.disable did, once per layer. The "fake" functions
+# give compile the outputs' shapes and dtypes without running a kernel. One operator for every
+# device: CUDA tensors on a GPU, CPU tensors under the interpreter (`_checked` refuses the rest).
+# (torch.library.triton_op would let inductor see into the kernels, but it wraps Triton's
+# compiled kernels, not the interpreter's; the kernels gain nothing from being inlined.)
+if TRITON_AVAILABLE:  # registered once, with the kernels (a second registration is an error)
+
+    @torch.library.custom_op("nanogpt::flash_forward", mutates_args=())
+    def _forward_op(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = _checked(q, k, v)
+        return _forward(q, k, v, causal, scale)
+
+    @_forward_op.register_fake
+    def _(q, k, v, causal, scale):
+        B, H, T, _ = q.shape
+        O = torch.empty_like(q, memory_format=torch.contiguous_format)
+        return O, q.new_empty((B, H, T), dtype=torch.float32)
+
+    @torch.library.custom_op("nanogpt::flash_backward", mutates_args=())
+    def _backward_op(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        o: torch.Tensor,
+        L: torch.Tensor,
+        do: torch.Tensor,
+        causal: bool,
+        scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v, o, do = _checked(q, k, v, o, do)
+        return _backward(q, k, v, o, L, do, causal, scale)
+
+    @_backward_op.register_fake
+    def _(q, k, v, o, L, do, causal, scale):
+        return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+
+    def _save_for_backward(ctx, inputs, output):
+        q, k, v, causal, scale = inputs
+        o, L = output
+        ctx.save_for_backward(q, k, v, o, L)  # L in base 2, exactly as the forward rounded it
+        ctx.causal, ctx.scale = causal, scale
+        ctx.mark_non_differentiable(L)  # a statistic for the backward, not an output to train
+
+    def _backward_formula(ctx, do, dL):
+        q, k, v, o, L = ctx.saved_tensors
+        return (*_backward_op(q, k, v, o, L, do, ctx.causal, ctx.scale), None, None)
+
+    _forward_op.register_autograd(_backward_formula, setup_context=_save_for_backward)
+
+
+def _require_triton() -> None:
+    if not TRITON_AVAILABLE:
+        raise ValueError(
+            "Triton attention needs the triton package: pip install -r requirements-triton.txt"
+        )
+
+
 def flash_attention_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -510,9 +596,9 @@ def flash_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """O (B, H, T, d) in q's dtype and L = logsumexp of the scaled scores per row (B, H, T),
     float32, natural log: the outputs of NumPy's `flash_attention_forward`."""
-    q, k, v = _checked(q, k, v)
+    _require_triton()
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    o, L = _forward(q, k, v, causal, scale)
+    o, L = _forward_op(q, k, v, causal, scale)
     return o, L * LN_2
 
 
@@ -528,31 +614,11 @@ def flash_attention_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dQ, dK, dV of sum(O * dO), recomputing each tile's probabilities from L = lse (natural
     log, as `flash_attention_forward` returns it)."""
-    q, k, v, o, do = _checked(q, k, v, o, do)
+    _require_triton()
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return _backward(q, k, v, o, (lse * LOG2_E).float().contiguous(), do, causal, scale)
+    return _backward_op(q, k, v, o, (lse * LOG2_E).float().contiguous(), do, causal, scale)
 
 
-class FlashAttention(torch.autograd.Function):
-    """softmax(Q K^T scale) V with the Triton kernels: O(T) saved for backward (L), not T^2."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, causal: bool, scale: float):
-        q, k, v = _checked(q, k, v)
-        o, L = _forward(q, k, v, causal, scale)
-        ctx.save_for_backward(q, k, v, o, L)  # L in base 2, exactly as the forward rounded it
-        ctx.causal, ctx.scale = causal, scale
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, L = ctx.saved_tensors
-        q, k, v, o, do = _checked(q, k, v, o, do)
-        return (*_backward(q, k, v, o, L, do, ctx.causal, ctx.scale), None, None)
-
-
-# torch.compile runs this as an opaque call (a graph break) instead of tracing the launchers.
-@torch.compiler.disable
 def triton_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -560,13 +626,15 @@ def triton_attention(
     causal: bool = True,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T * scale, causal mask) v on (B, H, T, d) tensors, differentiable.
+    """softmax(q k^T * scale, causal mask) v on (B, H, T, d) tensors, differentiable, and
+    traceable by torch.compile (one graph node per direction, see the operator above).
 
     scale defaults to 1/sqrt(d). A head dim that is not 16, 32, 64 or 128 (up to 128) is padded
     with zero columns to the next of them: zeros add nothing to q.k and give zero output columns,
     which are cut off (at the cost of a padded copy of q, k, v). bfloat16 and float16 run on the
     tensor cores; float32 takes true float32 products, exact and slow (a path for checking).
     """
+    _require_triton()
     d = q.shape[-1]
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be in [1, {MAX_HEAD_DIM}], got {d}")
@@ -574,14 +642,13 @@ def triton_attention(
     d_kernel = max(16, 1 << (d - 1).bit_length())
     if d_kernel != d:
         q, k, v = (F.pad(x, (0, d_kernel - d)) for x in (q, k, v))
-    o = FlashAttention.apply(q, k, v, causal, scale)
+    o, _ = _forward_op(q, k, v, causal, scale)
     return o[..., :d] if d_kernel != d else o
 
 
 __all__ = [
     "INTERPRETED",
     "TRITON_AVAILABLE",
-    "FlashAttention",
     "flash_attention_backward",
     "flash_attention_forward",
     "triton_attention",
