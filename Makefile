@@ -5,6 +5,7 @@
 #   make train-numpy   the same training in the NumPy reference
 #   make data          prepares the corpus (or TEXT=file.txt) into data/
 #   make bench, make notebooks, make gpu-cross-check
+#   make gpu-report    every GPU measurement and the GPU tests in one time-capped run (below)
 # Extra flags go in ARGS="--max_iters 500 ...".
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
@@ -18,7 +19,7 @@ PIP := $(PY) -m pip install --progress-bar off --no-color
 # pip's lines that say what is fetched and how big, one per package; errors pass whole
 SHOW := grep --line-buffered -vE "^(WARNING: Location|Requirement already satisfied|  Using cached|Looking in|  Obtaining|  Preparing|  Installing build|  Getting requirements)" || true
 
-.PHONY: setup train train-numpy sample data test bench notebooks gpu-cross-check clean
+.PHONY: setup train train-numpy sample data test bench notebooks gpu-cross-check gpu-report clean
 
 setup: $(STAMP)
 
@@ -52,6 +53,11 @@ data: $(STAMP)
 
 gpu-cross-check: $(STAMP)
 	$(PY) -m torch_impl.gpu_cross_check $(ARGS)
+
+# A GPU machine lent for minutes has torch and Triton but no network: no set-up, the
+# virtual environment's Python where there is one, else the machine's own python3.
+gpu-report:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m torch_impl.gpu_report $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

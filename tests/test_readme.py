@@ -55,6 +55,7 @@ RUNS: dict[str, dict | None] = {
     'make test ARGS="-k gpt"': {"flags": ["--collect-only", "-q"]},
     "make test": None,  # this very suite: CI runs it; here only `make -n test`
     "make notebooks": None,  # executes every notebook (minutes); tests/test_notebooks.py does
+    "make gpu-report": None,  # tests/test_gpu_report.py runs its CPU dry run (about a minute)
 }
 ORDER = list(RUNS)  # the order above: make train first, its sample and resumes after it
 

@@ -64,6 +64,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--head_dims", default=None, help="attention section's head dims, comma-separated"
     )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="train section's variants, comma-separated (with 'all on' always), e.g. "
+        "'all on,triton attention'",
+    )
     parser.add_argument("--figures", action="store_true", help="draw the results when done")
     parser.add_argument("--figures_dir", type=Path, default=FIGURES_DIR, help="figures/")
     parser.add_argument("--plot", type=Path, default=None, help="only draw this saved result")
@@ -95,6 +101,15 @@ def _options(args: argparse.Namespace, device: torch.device, sections: list[str]
     lengths, head_dims = _sizes("--lengths", args.lengths), _sizes("--head_dims", args.head_dims)
     if (lengths or head_dims) and "attention" not in sections:
         raise UserError("--lengths and --head_dims size the attention section: include it")
+    variants = None
+    if args.variants is not None:
+        from torch_impl.bench.train import variant_names
+
+        variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        unknown = sorted(set(variants) - set(variant_names()))
+        if unknown or not variants or "train" not in sections:
+            choices = ", ".join(variant_names())
+            raise UserError(f"--variants {args.variants!r}: the train section's, of {choices}")
     default_steps, default_warmup = STEPS["quick" if args.quick else device.type]
     return BenchOptions(
         device=device,
@@ -105,6 +120,7 @@ def _options(args: argparse.Namespace, device: torch.device, sections: list[str]
         nanogpt=args.nanogpt,
         lengths=lengths,
         head_dims=head_dims,
+        variants=variants,
     )
 
 

@@ -39,6 +39,7 @@ class BenchOptions:
     nanogpt: Path | None = None  # a nanoGPT checkout whose model the train section times too
     lengths: tuple[int, ...] | None = None  # the attention section's T; None: its device's grid
     head_dims: tuple[int, ...] | None = None  # and its head dims
+    variants: tuple[str, ...] | None = None  # the train section's variants; None: all of them
 
 
 def make_train_model() -> tuple[GPTConfig, int]:

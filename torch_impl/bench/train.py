@@ -128,7 +128,14 @@ def candidates(cfg: GPTConfig, options: BenchOptions) -> list[Candidate]:
     if options.nanogpt is not None:
         build = functools.partial(_nanogpt_model, load_nanogpt(options.nanogpt), cfg, device)
         found.append(Candidate(NANOGPT, "nanoGPT's", build, True, optional=True))
+    if options.variants is not None:  # "all on" always: every ratio is to it
+        found = [c for c in found if c.name in options.variants or c.name == VARIANTS[0].name]
     return found
+
+
+def variant_names(with_nanogpt: bool = True) -> list[str]:
+    """Every variant the train section may time (Triton's only where it runs)."""
+    return [v.name for v in VARIANTS] + [TRITON_VARIANT.name] + ([NANOGPT] if with_nanogpt else [])
 
 
 def _optimizer_name(optimizer: torch.optim.Optimizer) -> str:
