@@ -646,9 +646,33 @@ def triton_attention(
     return o[..., :d] if d_kernel != d else o
 
 
+def chosen_configs() -> dict[str, list[dict]]:
+    """The configuration the autotuner chose for each key it has timed, per kernel: what ran,
+    to read beside `results/triton_sm90.json`'s registers and spills. Empty before any launch."""
+    chosen = {}
+    for name, kernel in (
+        ("forward", _forward_kernel),
+        ("dk_dv", _backward_dk_dv_kernel),
+        ("dq", _backward_dq_kernel),
+    ):
+        cache = getattr(kernel, "cache", None) or {}  # the Autotuner's key -> Config
+        chosen[name] = [
+            {
+                "key": [str(part) for part in key],
+                "BLOCK_M": config.kwargs.get("BLOCK_M"),
+                "BLOCK_N": config.kwargs.get("BLOCK_N"),
+                "num_warps": config.num_warps,
+                "num_stages": config.num_stages,
+            }
+            for key, config in cache.items()
+        ]
+    return chosen
+
+
 __all__ = [
     "INTERPRETED",
     "TRITON_AVAILABLE",
+    "chosen_configs",
     "flash_attention_backward",
     "flash_attention_forward",
     "triton_attention",

@@ -165,7 +165,13 @@ def run(options: BenchOptions) -> dict:
             rows += _measure_size(
                 T, head_dim, tokens, width, device, dtype, with_manual, steps, warmup
             )
+    chosen = None
+    if any(row["implementation"] == TRITON and not row["error"] for row in rows):
+        from torch_impl.triton_attention import chosen_configs
+
+        chosen = chosen_configs()
     return {
+        "triton_chosen_configs": chosen,
         "tokens_per_batch": tokens,
         "width": width,
         "dtype": str(dtype).removeprefix("torch."),
