@@ -51,7 +51,8 @@ def test_cpu_dry_run_runs_every_step(corpus_dir, tmp_path):
     assert {r["implementation"] for r in read(out / "bench_adamw.json")["adamw"]} >= {"fused"}
     assert read(out / "gpu_cross_check.json")["passed"]
     assert "measured_beside_predicted" in read(out / "roofline.json")
-    assert (out / "figures" / "bench_cpu_quick_train.png").is_file()
+    for stem in ("bench_train_train", "bench_train_extras_train", "bench_attention_attention"):
+        assert (out / "figures" / f"{stem}.png").is_file()
 
     # the tests step collected the GPU tests (skipped on a CPU), less the cross-check
     cases = ElementTree.parse(out / "gpu_tests.xml").getroot().iter("testcase")

@@ -416,13 +416,15 @@ def roofline_step(args: argparse.Namespace) -> None:
 
 
 def figures_step(args: argparse.Namespace) -> None:
-    """Every bench result's figures, into DIR/figures."""
+    """Every bench result's figures, into DIR/figures, named after its file (the train
+    section is in two: bench_train_train.png and bench_train_extras_train.png)."""
     from torch_impl.bench.command import PROGRAM as BENCH
     from torch_impl.bench.command import write_figures
     from torch_impl.report import load_report
 
     for path in sorted(args.out.glob("bench_*.json")):
-        for written in write_figures(load_report(path, BENCH), args.out / "figures"):
+        report = load_report(path, BENCH)
+        for written in write_figures(report, args.out / "figures", stem=path.stem):
             print(f"wrote {written}")
 
 

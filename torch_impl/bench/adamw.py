@@ -154,9 +154,12 @@ def run(options: BenchOptions) -> list[dict]:
 
 
 def saved_gpu_results(results_dir: Path = RESULTS_DIR) -> list[dict]:
-    """The saved reports (`results/*.json`) that hold an "adamw" section measured on a GPU."""
+    """The saved reports (`results/*.json`, and the GPU report's `results/gpu_report_*/`) that
+    hold an "adamw" section measured on a GPU."""
     reports = []
-    for path in sorted(Path(results_dir).glob("*.json")):
+    results_dir = Path(results_dir)
+    paths = sorted(results_dir.glob("*.json")) + sorted(results_dir.glob("gpu_report_*/*.json"))
+    for path in paths:
         try:
             report = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

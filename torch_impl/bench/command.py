@@ -164,9 +164,10 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
     return report
 
 
-def write_figures(report: dict, figures_dir: Path) -> list[Path]:
-    """Draw every section the report holds, `figures_dir/bench_<device>[_quick]_<section>.png`;
-    return the files written (a --quick run's never replace a real run's)."""
+def write_figures(report: dict, figures_dir: Path, stem: str | None = None) -> list[Path]:
+    """Draw every section the report holds, `figures_dir/<stem>_<section>.png` with the stem
+    `bench_<device>[_quick]` unless given; return the files written (a --quick run's never
+    replace a real run's)."""
     import matplotlib  # only when drawing: a GPU machine may have no matplotlib
 
     matplotlib.use("Agg")
@@ -180,7 +181,7 @@ def write_figures(report: dict, figures_dir: Path) -> list[Path]:
         if name not in report:
             continue
         fig = section.figure(report)
-        path = figures_dir / f"bench_{report['label']}{quick}_{name}.png"
+        path = figures_dir / f"{stem or 'bench_' + report['label'] + quick}_{name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -206,9 +206,14 @@ def gpu_measurements(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
     for the datasheet device it ran on, keyed by file name: flash attention's speedup over the
     materialised path (head dim 64, each T both were timed at), fused AdamW's over foreach,
     compile's step speedup (the train section's "all on" over "no compile") and the MFU of
-    "all on" against its ceiling."""
+    "all on" against the datasheet peak. The GPU report's folders (`gpu_report_<device>/`) are read
+    too, keyed by their relative path."""
     found = {}
-    for path in sorted(Path(results_dir).glob("bench_*.json")):
+    results_dir = Path(results_dir)
+    paths = sorted(results_dir.glob("bench_*.json")) + sorted(
+        results_dir.glob("gpu_report_*/bench_*.json")
+    )
+    for path in paths:
         try:
             report = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -219,7 +224,7 @@ def gpu_measurements(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
         rows: dict[str, dict] = {}
         if device is not None:
             rows = _gpu_rows(report, device)
-        found[path.name] = {
+        found[path.relative_to(results_dir).as_posix()] = {
             "device": report.get("device"),
             "date": report.get("date"),
             "model": device.name if device else None,
