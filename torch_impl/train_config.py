@@ -33,8 +33,8 @@ class TorchTrainConfig(TrainConfig):
     compile: bool | None = option(None, "torch.compile the model; none: on for CUDA, off elsewhere")
     attention: str = option(
         "sdpa",
-        "sdpa (torch's fused attention, flash on GPUs), manual (the softmax materialised) or "
-        "triton (this project's kernels)",
+        "sdpa (torch's fused attention, flash on GPUs), cudnn (SDPA held to cuDNN's, CUDA only), "
+        "manual (the softmax materialised) or triton (this project's kernels)",
     )
     fused_adamw: bool | None = option(
         None, "AdamW's fused kernel; none: fused wherever this torch supports it"
