@@ -30,7 +30,7 @@ $(STAMP): requirements.txt requirements-triton.txt
 	$(PYTHON) -m venv $(VENV)
 	@echo "setup 2/5: pip"
 	$(PIP) --quiet --upgrade pip
-	@echo "setup 3/5: requirements.txt: torch 2.13.0 (CPU build, a 190 MB wheel), numpy, matplotlib, tqdm, pytest, jupyter"
+	@echo "setup 3/5: requirements.txt: torch 2.13.0 (CPU build, a 190 MB wheel), numpy, matplotlib, tqdm, tokenizers, pytest, jupyter"
 	$(PIP) -r requirements.txt 2>&1 | { $(SHOW); }
 	@echo "setup 4/5: requirements-triton.txt: Triton 3.7.1 (a 200 MB wheel, 690 MB installed; optional)"
 	$(PIP) -r requirements-triton.txt 2>&1 | { $(SHOW); }

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from ref_numpy.data import load_split
+from ref_numpy import bpe
+from ref_numpy.data import decode, load_meta, load_split
+from tests.numerics import rel_error
 from torch_impl import cross_check
-from torch_impl.cross_check import cross_check_runs, sample_text, unigram_loss
+from torch_impl.cross_check import cross_check_runs, flat_params, sample_text, unigram_loss
 from torch_impl.cross_check_report import (
     load_cross_check,
     plot_seed_errors,
@@ -17,6 +19,7 @@ from torch_impl.cross_check_report import (
     yardstick_ratios,
 )
 from torch_impl.gpu_cross_check import METRICS, RUNS, UNIT_ROUNDOFF
+from torch_impl.numpy_bridge import numpy_params
 
 # float64 rounding: a unit roundoff of 1.1e-16, times the differences in summation order between
 # the two implementations (measured: a few 1e-15 over 50 steps); 1e-13 leaves a factor of ~20.
@@ -32,6 +35,21 @@ def test_float64_runs_agree_and_sample(corpus_dir):
     assert 0 < result["unigram_loss"] < np.log(result["config"].vocab_size)
     text = sample_text(result["torch_model"], result["chars"], n_tokens=20, seed=0)
     assert len(text) == 21  # the prompt "\n" and 20 sampled characters
+
+
+def test_float64_runs_agree_on_a_bpe_vocabulary(corpus_dir):
+    """The NumPy embedding and cross-entropy take any vocabulary: on byte-level BPE tokens (512
+    of them, not the corpus's 84 characters) the two runs still agree to rounding."""
+    text = decode(load_split(corpus_dir, "train")[:100_000], load_meta(corpus_dir)["chars"])
+    tokenizer = bpe.train_bpe(text, 512)
+    tokens = bpe.encode(tokenizer, text)
+    cfg = cross_check.small_config(vocab_size=tokenizer.get_vocab_size())
+    assert cfg.vocab_size == 512 and tokens.max() > 255  # merged tokens are trained on
+    numpy_losses, numpy_final = cross_check.numpy_run(cfg, tokens, 5, 4, 0, np.float64)
+    torch_losses, torch_model = cross_check.torch_run(cfg, tokens, 5, 4, 0, torch.float64)
+    assert np.all(np.abs(torch_losses - numpy_losses) / np.abs(numpy_losses) < ROUNDING)
+    final = (flat_params(p) for p in (numpy_params(torch_model), numpy_final))
+    assert rel_error(*final) < 1e-8
 
 
 @pytest.mark.slow

@@ -16,8 +16,9 @@ it, and `--init_from` reads nanoGPT's) plus what nanoGPT leaves out and an exact
     config          the training options (TorchTrainConfig as a dict)
     rng             per rank: torch CPU and CUDA generator states (dropout masks)
     sampler         per gradient-accumulation slot: the NumPy generator state of its batch stream
-    data            what the samplers index: corpus source, vocabulary, split lengths
-    meta            the vocabulary (characters), so sampling needs no data folder
+    data            what the samplers index: corpus source, tokenizer, vocabulary, split lengths
+    meta            the tokenizer (`ref_numpy.tokenizer`: its kind and its characters or its
+                    BPE's tokenizer.json), so sampling needs no data folder
 
 The model's weights are loaded when the model is built (`load_model_state`), before the
 optimizer that holds its parameters; `restore` puts back everything else.
@@ -38,6 +39,7 @@ import torch
 from ref_numpy.config import GPTConfig
 from ref_numpy.errors import UserError
 from ref_numpy.files import atomic_write
+from ref_numpy.tokenizer import same_tokenizer
 from ref_numpy.train.batches import MicroBatchStreams, TrainingData
 from ref_numpy.train.loop import LoopState
 
@@ -53,6 +55,7 @@ def data_fingerprint(data: TrainingData) -> dict[str, Any]:
     """What the batch streams index into: resuming on other data would not be the same run."""
     return {
         "source": data.meta["source"],
+        "tokenizer": data.tokenizer.kind,
         "vocab_size": data.vocab_size,
         "n_train": len(data.train),
         "n_val": len(data.val),
@@ -92,7 +95,7 @@ def capture(
         "rng": [rank["rng"] for rank in rank_states],
         "sampler": {j: s for rank in rank_states for j, s in rank["sampler"].items()},
         "data": data_fingerprint(data),
-        "meta": {"chars": list(data.meta["chars"]), "source": data.meta["source"]},
+        "meta": {**data.tokenizer.meta(), "source": data.meta["source"]},
     }
 
 
@@ -202,21 +205,26 @@ def checked_model_config(
             f"'{where}' has a vocabulary of {cfg.vocab_size}, smaller than the data's "
             f"{data.vocab_size}"
         )
-    chars = checkpoint.get("meta", {}).get("chars")
-    if chars is not None and list(chars) != list(data.meta["chars"]):
-        raise CheckpointError(f"'{where}' was trained on another vocabulary than this data's")
+    meta = checkpoint.get("meta")
+    difference = same_tokenizer(meta, data.tokenizer) if isinstance(meta, dict) else None
+    if difference is not None:
+        raise CheckpointError(
+            f"'{where}' was trained with {difference}; train on the data it was trained on "
+            f"(--tokenizer, --vocab_size, --text, --data_dir or --dataset as it was)"
+        )
     if block_size > cfg.block_size:
         raise CheckpointError(
             f"--block_size {block_size} is longer than the context of '{where}' ({cfg.block_size})"
         )
-    if (
-        resume
-        and is_full_checkpoint(checkpoint)
-        and checkpoint.get("data") != data_fingerprint(data)
-    ):
+    # keys a checkpoint from before the tokenizer choice lacks are left to the meta check above
+    saved, current = checkpoint.get("data"), data_fingerprint(data)
+    other_data = not isinstance(saved, dict) or any(
+        saved[key] != value for key, value in current.items() if key in saved
+    )
+    if resume and is_full_checkpoint(checkpoint) and other_data:
         raise CheckpointError(
             f"'{where}' was trained on other data ({checkpoint.get('data')}); resume it "
-            f"with the same --text / --data_dir"
+            f"with the same --text / --data_dir / --dataset"
         )
     return cfg
 

@@ -1,8 +1,10 @@
 """Sample text from a trained GPT: `python -m torch_impl.sample`.
 
 Loads a checkpoint (this trainer's, or nanoGPT's with its `meta.pkl`), encodes a prompt with the
-checkpoint's character vocabulary and prints `--num_samples` continuations, each drawn with
-temperature and top-k from one generator seeded by `--seed`, so a seed reproduces them. Tokens
+checkpoint's tokenizer (characters, a BPE, or GPT-2's: `ref_numpy.tokenizer`) and prints
+`--num_samples` continuations, each drawn with temperature and top-k from one generator seeded by
+`--seed`, so a seed reproduces them. GPT-2's tokens are printed as text where tiktoken can decode
+them, else as ids with a note that says why. Tokens
 come from `GPT.generate`, whose KV cache makes a new token cost one attention row against the
 cached keys and values instead of a forward pass over the whole context.
 """
@@ -10,7 +12,7 @@ cached keys and values instead of a forward pass over the whole context.
 from __future__ import annotations
 
 import contextlib
-import pickle
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ref_numpy.data import decode, encode, load_meta
+from ref_numpy.data import TOKENIZER_FILE, load_meta, read_tokenizer_file
 from ref_numpy.errors import UserError
+from ref_numpy.nanogpt_data import GPT2_PADDED_VOCAB_SIZE, read_meta_pkl
+from ref_numpy.tokenizer import GPT2_END_OF_TEXT, GPT2_VOCAB_SIZE, Tokenizer, tokenizer_from_meta
 from ref_numpy.train.config import option
 from ref_numpy.train.options import parse_config, run_main
 from torch_impl.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
@@ -88,58 +92,58 @@ class SampleConfig:
 
 
 # ----------------------------------------------------------------------------- the vocabulary
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Reads dicts, strings and numbers; refuses any pickle that would import (and run) code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}; only plain data is read")
-
-
-def _chars_from_meta_pkl(path: Path) -> list[str]:
-    """The characters of a nanoGPT meta.pkl ({"itos": {id: char}, "stoi": {char: id}, ...})."""
-    try:
-        with open(path, "rb") as f:
-            meta = _PlainDataUnpickler(f).load()
-        itos = meta["itos"] if "itos" in meta else {i: c for c, i in meta["stoi"].items()}
-        return [itos[i] for i in range(len(itos))]
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"'{path}' is not a nanoGPT meta.pkl with itos/stoi: {reason}") from None
-
-
-def _chars_from_meta_path(path: Path) -> list[str]:
-    """--meta: a meta.pkl, a data folder's meta.json, or a folder holding either."""
+def _meta_from_path(path: Path) -> dict[str, Any]:
+    """--meta: a nanoGPT meta.pkl, a data folder's meta.json (a BPE's with its tokenizer.json), a
+    tokenizer.json, or a folder holding one of them; as a checkpoint's `meta` holds it."""
     if path.is_dir():
-        path = path / "meta.json" if (path / "meta.json").is_file() else path / "meta.pkl"
+        names = ("meta.json", "meta.pkl", TOKENIZER_FILE)
+        path = next((path / n for n in names if (path / n).is_file()), path / "meta.pkl")
     if not path.is_file():
         raise UserError(f"--meta: no file at '{path}'")
     if path.name == "meta.json":
-        return list(load_meta(path.parent)["chars"])
+        meta = load_meta(path.parent)
+        if meta["tokenizer"] == "bpe":
+            return {"tokenizer": "bpe", "tokenizer_json": read_tokenizer_file(path.parent)}
+        return meta
     if path.suffix == ".pkl":
-        return _chars_from_meta_pkl(path)
-    raise UserError(f"--meta must name a nanoGPT meta.pkl or a data folder's meta.json: '{path}'")
+        return {"tokenizer": "char", "chars": read_meta_pkl(path)}
+    if path.suffix == ".json":
+        return {"tokenizer": "bpe", "tokenizer_json": read_tokenizer_file(path.parent, path.name)}
+    raise UserError(
+        f"--meta must name a nanoGPT meta.pkl, a data folder's meta.json or a tokenizer.json: "
+        f"'{path}'"
+    )
 
 
-def vocabulary(checkpoint: dict[str, Any], meta_path: str | None, vocab_size: int) -> list[str]:
-    """The model's characters, token id i being chars[i]: from --meta, else from the checkpoint."""
+def vocabulary(checkpoint: dict[str, Any], meta_path: str | None, vocab_size: int) -> Tokenizer:
+    """The model's tokenizer: from --meta, else the checkpoint's; for a checkpoint without one
+    whose vocabulary is GPT-2's (nanoGPT's GPT-2 runs), GPT-2's, as nanoGPT's sample.py does."""
+    saved = checkpoint.get("meta")
     if meta_path is not None:
-        chars, source = _chars_from_meta_path(Path(meta_path)), f"'{meta_path}'"
-    elif isinstance(checkpoint.get("meta"), dict) and "chars" in checkpoint["meta"]:
-        chars, source = list(checkpoint["meta"]["chars"]), f"the meta of '{checkpoint['path']}'"
+        meta, source = _meta_from_path(Path(meta_path)), f"'{meta_path}'"
+    elif isinstance(saved, dict) and ({"chars", "tokenizer"} & saved.keys()):
+        meta, source = saved, f"the meta of '{checkpoint['path']}'"
+    elif vocab_size in (GPT2_VOCAB_SIZE, GPT2_PADDED_VOCAB_SIZE):
+        meta, source = {"tokenizer": "gpt2"}, "GPT-2's BPE"
     else:
         raise UserError(
-            f"'{checkpoint['path']}' carries no vocabulary (nanoGPT's checkpoints do not); "
-            "pass --meta with a nanoGPT meta.pkl, a data folder's meta.json, or the folder"
+            f"'{checkpoint['path']}' carries no vocabulary (nanoGPT's checkpoints do not); pass "
+            "--meta with a nanoGPT meta.pkl, a data folder's meta.json or tokenizer.json, or the "
+            "folder"
         )
-    # encode() looks characters up by binary search, and one id per character needs no repeats
-    if not all(isinstance(c, str) and len(c) == 1 for c in chars) or chars != sorted(set(chars)):
-        raise UserError(f"the vocabulary in {source} is not a sorted list of distinct characters")
-    if len(chars) != vocab_size:
+    tokenizer = tokenizer_from_meta(meta, source)
+    # GPT-2's 50257 tokens may sit in nanoGPT's padded 50304; any other vocabulary is the model's
+    if tokenizer.kind == "gpt2":
+        fits = tokenizer.vocab_size <= vocab_size
+    else:
+        fits = tokenizer.vocab_size == vocab_size
+    if not fits:
+        unit = "characters" if tokenizer.kind == "char" else "tokens"
         raise UserError(
-            f"the vocabulary in {source} has {len(chars)} characters but the model's vocab_size "
-            f"is {vocab_size}; use the meta of the data the model was trained on"
+            f"the vocabulary in {source} has {tokenizer.vocab_size} {unit} but the model's "
+            f"vocab_size is {vocab_size}; use the meta of the data the model was trained on"
         )
-    return chars
+    return tokenizer
 
 
 # ----------------------------------------------------------------------------- the prompt
@@ -156,16 +160,13 @@ def read_prompt(start: str) -> str:
     return start
 
 
-def encode_prompt(prompt: str, chars: list[str]) -> np.ndarray:
-    """Token ids (int64) of the prompt; a character outside the vocabulary is a one-line error."""
-    known = set(chars)
-    for position, char in enumerate(prompt):
-        if char not in known:
-            raise UserError(
-                f"the prompt's character {char!r} (U+{ord(char):04X}) at position {position} is "
-                f"not in the model's vocabulary of {len(chars)} characters; leave it out"
-            )
-    return encode(prompt, chars).astype(np.int64)
+def encode_prompt(prompt: str, tokenizer: Tokenizer, default: bool) -> np.ndarray:
+    """Token ids (int64) of the prompt; a character outside a character vocabulary is a one-line
+    error. GPT-2's tokens without tiktoken start the `default` prompt at <|endoftext|>, the token
+    that begins each of GPT-2's documents."""
+    if tokenizer.kind == "gpt2" and tokenizer.note is not None and default:
+        return np.array([GPT2_END_OF_TEXT], dtype=np.int64)
+    return tokenizer.encode(prompt)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -186,8 +187,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     dtype = resolve_dtype(config.dtype, device)
     checkpoint = load_checkpoint(config.ckpt if config.ckpt is not None else config.out_dir)
     model = load_model(checkpoint, config.attention, device, dtype)
-    chars = vocabulary(checkpoint, config.meta, model.config.vocab_size)
-    start_ids = encode_prompt(read_prompt(config.start), chars)
+    tokenizer = vocabulary(checkpoint, config.meta, model.config.vocab_size)
+    default_start = config.start == SampleConfig.start
+    start_ids = encode_prompt(read_prompt(config.start), tokenizer, default_start)
+    if tokenizer.note is not None:  # GPT-2's tokens without tiktoken: ids, and why
+        print(tokenizer.note, file=sys.stderr)
     idx = torch.from_numpy(start_ids).to(device)[None, :]  # (1, T)
 
     autocast = autocast_for(device, dtype)
@@ -203,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 generator=generator,
                 kv_cache=config.kv_cache,
             )
-        print(decode(out[0].tolist(), chars))
+        print(tokenizer.decode(out[0].tolist()))
         print(SEPARATOR, flush=True)
 
 

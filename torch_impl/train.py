@@ -33,7 +33,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ref_numpy.data import decode
 from ref_numpy.errors import UserError
 from ref_numpy.flops import flops_per_token, mfu
 from ref_numpy.gpt import init_params
@@ -252,6 +251,7 @@ def train(
 ) -> None:
     resume = config.init_from == "resume"
     data = load_data(config, ctx)
+    config = config.with_data_tokenizer(data.meta)
     check_run_memory(config, checkpoint, data, ctx, device, dtype)  # before any parameter
     model, config = build_model(config, checkpoint, data, device, dtype)
     # the optimizer, and where the run stands: from scratch, or restored from the checkpoint
@@ -279,6 +279,7 @@ def train(
     log = RunLog(config.out_dir, config, state.iter_num if resume else None, ctx.is_master)
     if ctx.is_master:
         announce(config, checkpoint, model, optimizer, state, ctx, device, dtype)
+        print(data.describe())
         print(f"MFU against {peak / 1e12:.3g} TFLOP/s ({peak_source})")
     trainer = TorchTrainer(
         config=config,
@@ -348,8 +349,11 @@ def finish(trainer: TorchTrainer, log: RunLog) -> None:
         out = model.generate(
             start_ids, config.sample_tokens, config.temperature, config.top_k, generator=generator
         )
+    tokenizer = trainer.data.tokenizer
+    if tokenizer.note is not None:  # GPT-2's tokens without tiktoken: ids, and why
+        print(tokenizer.note)
     print("---- sample ----")
-    print(decode(out[0].tolist(), trainer.data.meta["chars"]))
+    print(tokenizer.decode(out[0].tolist()))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ class TorchTrainConfig(TrainConfig):
         "seed",
         "text",
         "data_dir",
+        "tokenizer",
+        "vocab_size",
+        "dataset",
     )
 
     def __post_init__(self) -> None:

@@ -7,12 +7,13 @@ Each option carries its one-line help (`option`): the `--help` of both programs 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ref_numpy.config import GPTConfig
-from ref_numpy.data import default_data_dir
+from ref_numpy.data import check_tokenizer_options, default_data_dir
 from ref_numpy.errors import UserError
 from ref_numpy.schedule import get_lr
 
@@ -41,10 +42,26 @@ class TrainConfig:
     eval_only: bool = option(False, "evaluate once (e.g. a loaded checkpoint) and stop")
     # data
     text: str | None = option(None, "a UTF-8 text file to train on; none: the Shakespeare corpus")
+    tokenizer: str | None = option(
+        None,
+        "char (one token per character) or bpe (a byte-level BPE learnt from the text's train "
+        "split, saved as tokenizer.json beside the prepared data); none: what --data_dir holds, "
+        "else char",
+    )
+    vocab_size: int | None = option(
+        None, "tokens of the BPE vocabulary, with --tokenizer bpe; none: 4096"
+    )
     data_dir: str | None = option(
         None,
-        "folder of the prepared data (train.bin, val.bin, meta.json); "
-        "none: data/shakespeare_char, or data/<text stem>_<content key>_char for --text",
+        "folder of the prepared data (train.bin, val.bin, meta.json), prepared there if empty; "
+        "none: data/shakespeare_char, data/<text stem>_<content key>_char for --text, "
+        "_bpe<vocab_size> for a BPE",
+    )
+    dataset: str | None = option(
+        None,
+        "a nanoGPT data folder, read as it is: train.bin and val.bin (uint16 token ids) and, for "
+        "characters, meta.pkl; without meta.pkl GPT-2's BPE (50257 tokens, 50304 in the model); "
+        "none: data prepared from --text or the corpus",
     )
     gradient_accumulation_steps: int | None = option(
         None,
@@ -52,7 +69,7 @@ class TrainConfig:
         "none: one per process",
     )
     batch_size: int = option(32, "sequences per micro-batch")
-    block_size: int = option(64, "context length in tokens (characters)")
+    block_size: int = option(64, "context length in tokens")
     # model
     n_layer: int = option(4, "transformer blocks")
     n_head: int = option(4, "attention heads per block; must divide --n_embd")
@@ -78,7 +95,7 @@ class TrainConfig:
     min_lr: float = option(2e-4, "learning rate at the end of the decay")
     # the rest
     seed: int = option(1337, "seed of the initial weights, the batches and dropout")
-    sample_tokens: int = option(300, "characters generated at the end (0: none)")
+    sample_tokens: int = option(300, "tokens generated at the end (0: none)")
     temperature: float = option(0.8, "temperature of that sample (< 1 sharpens, > 1 flattens)")
     top_k: int | None = option(None, "sample among the k likeliest tokens only; none: all")
 
@@ -121,6 +138,18 @@ class TrainConfig:
         if self.top_k is not None and self.top_k < 1:
             raise UserError(f"--top_k must be at least 1, got {self.top_k}")
         self.model_config(vocab_size=1)  # n_embd % n_head, gelu, dropout: fail before any work
+        self.check_data_options()
+
+    def check_data_options(self) -> None:
+        """--dataset reads a nanoGPT folder as it is; the options that prepare data do not apply."""
+        check_tokenizer_options(self.tokenizer or "char", self.vocab_size)
+        preparing = ("text", "data_dir", "tokenizer", "vocab_size")
+        given = [f"--{name}" for name in preparing if getattr(self, name) is not None]
+        if self.dataset is not None and given:
+            raise UserError(
+                f"--dataset reads a nanoGPT folder as it is, with its own tokens; leave out "
+                f"{', '.join(given)}, or leave out --dataset to prepare data from a text"
+            )
 
     def process_count(self) -> int:
         """The processes that share an optimizer step: one, as the NumPy trainer runs."""
@@ -142,8 +171,19 @@ class TrainConfig:
         except ValueError as error:  # GPTConfig checks the model's shape; here it came from flags
             raise UserError(str(error)) from None
 
+    def with_data_tokenizer(self, meta: dict) -> TrainConfig:
+        """These options with the tokenizer of the prepared data written in (char, or bpe and its
+        size), so that the run's log and checkpoint name it and a resume is held to it. A
+        --dataset run keeps these unset: its tokenizer is in the data's meta."""
+        if self.dataset is not None:
+            return self
+        size = meta.get("requested_vocab_size")
+        return dataclasses.replace(self, tokenizer=meta["tokenizer"], vocab_size=size)
+
     def resolved_data_dir(self) -> Path:
-        return Path(self.data_dir) if self.data_dir is not None else default_data_dir(self.text)
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        return default_data_dir(self.text, self.tokenizer or "char", self.vocab_size)
 
     def lr_at(self, it: int) -> float:
         """The learning rate of iteration `it`: warmup, then cosine decay (`schedule.get_lr`)."""

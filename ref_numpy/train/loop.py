@@ -79,6 +79,7 @@ class Evaluation:
     def __init__(self, config: TrainConfig, data: TrainingData) -> None:
         self.batches = eval_batches(data, config)
         self.baseline = unigram_loss(data)
+        self.data = data
 
     def __call__(self, it: int, trainer: Trainer, state: LoopState, log: RunLog) -> None:
         if not trainer.is_master:
@@ -86,10 +87,15 @@ class Evaluation:
         losses = trainer.estimate_loss(self.batches)
         state.best_val_loss = min(state.best_val_loss, losses["val"])
         record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]}
-        log.write({**record, "unigram_loss": self.baseline})
+        record["unigram_loss"] = self.baseline
+        bits = self.data.bits_per_character(losses["val"])  # None where characters are unknown
+        if bits is not None:
+            record["val_bits_per_character"] = bits
+        log.write(record)
         tqdm.write(
-            f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-            f"(unigram baseline {self.baseline:.4f})"
+            f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+            + (f" ({bits:.4f} bits per character)" if bits is not None else "")
+            + f" (unigram baseline {self.baseline:.4f})"
         )
 
 

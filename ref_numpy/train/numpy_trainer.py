@@ -16,7 +16,6 @@ import numpy as np
 
 from ref_numpy.adamw import AdamW
 from ref_numpy.config import GPTConfig
-from ref_numpy.data import decode
 from ref_numpy.errors import UserError
 from ref_numpy.files import atomic_write_bytes
 from ref_numpy.gpt import init_params
@@ -74,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def train(config: NumpyTrainConfig) -> None:
     keep_freed_memory()
     data = load_training_data(config)
+    config = config.with_data_tokenizer(data.meta)
     cfg = config.model_config(data.vocab_size)
     check_numpy_run(config, cfg, np.dtype(DTYPES[config.dtype]).itemsize)
     params = init_params(cfg, seed=config.seed, dtype=DTYPES[config.dtype])
@@ -87,6 +87,7 @@ def train(config: NumpyTrainConfig) -> None:
     check_free_space(Path(config.out_dir), n_params * DTYPES[config.dtype]().itemsize, "params.npz")
     log = RunLog(config.out_dir, config)
     print(f"NumPy GPT, {n_params:,} parameters, {config.dtype}")
+    print(data.describe())
     trainer = NumpyTrainer(params, cfg, optimizer, config.grad_clip)
     train_loop(config, data, log, trainer, MicroBatchStreams(data, config), LoopState())
 
@@ -97,9 +98,11 @@ def train(config: NumpyTrainConfig) -> None:
     print(f"wrote {log.path}, {figure} and {log.out_dir / 'params.npz'}")
     if config.sample_tokens:
         rng = np.random.default_rng(config.seed)
-        start_ids = np.zeros((1, 1), dtype=np.int64)  # token 0, the newline in Shakespeare
+        start_ids = np.zeros((1, 1), dtype=np.int64)  # token 0: the newline of Shakespeare's chars
         out = generate(
             params, cfg, start_ids, config.sample_tokens, rng, config.temperature, config.top_k
         )
+        if data.tokenizer.note is not None:  # GPT-2's tokens without tiktoken: ids, and why
+            print(data.tokenizer.note)
         print("---- sample ----")
-        print(decode(out[0].tolist(), data.meta["chars"]))
+        print(data.tokenizer.decode(out[0].tolist()))

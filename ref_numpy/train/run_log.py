@@ -2,7 +2,8 @@
 
 The first record of a run is its configuration; then one record per logged step (`iter`,
 `loss`, `lr`, `grad_norm`, `tokens_per_second`, and `mfu` where the trainer measures it) and
-one per evaluation (`iter`, `train_loss`, `val_loss`, `unigram_loss`).
+one per evaluation (`iter`, `train_loss`, `val_loss`, `unigram_loss`, and
+`val_bits_per_character` where the data's characters per token are known).
 """
 
 from __future__ import annotations
