@@ -132,7 +132,7 @@ STEPS = (
     Step("adamw", 60, 60, _bench("adamw")),
     Step("train_extras", 180, 90, _bench("train", variants=EXTRA_VARIANTS, out="train_extras")),
     Step("cross_check", 150, 90, _cross_check),
-    Step("tests", 180, 120, _tests),
+    Step("tests", 240, 120, _tests),  # H200: cut at 180 s with 11 of 15 done (cold), 120 s warm
     Step("roofline", 30, 60, _internal("roofline"), last=True),
     Step("figures", 60, 60, _internal("figures"), last=True),
 )
@@ -440,7 +440,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda:N")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a dry run of every step")
     parser.add_argument(
-        "--budget_s", type=float, default=520, help="seconds for the whole report (default 520)"
+        "--budget_s", type=float, default=530, help="seconds for the whole report (default 530)"
     )
     parser.add_argument("--nanogpt", type=Path, default=None, help="a nanoGPT checkout folder")
     parser.add_argument("--data_dir", type=Path, default=None, help="the prepared corpus")
