@@ -52,6 +52,25 @@ RUNS: dict[str, dict | None] = {
     'make bench ARGS="--sections roofline"': {"flags": ["--device", "cpu", "--quick"]},
     "make gpu-cross-check": {"flags": ["--device", "cpu", "--steps", "2", "--seeds", "0"]},
     "make data": {"flags": []},
+    # token data: a BPE of a small text (this README, 300 tokens) in place of the plays' 4096;
+    # for nanoGPT's OpenWebText, the prepared corpus folder (its bins read as GPT-2 token ids)
+    ".venv/bin/python -m ref_numpy.data --tokenizer bpe --vocab_size 4096": {
+        "replace": {"4096": "300"},
+        "flags": ["--text", "README.md"],
+    },
+    ".venv/bin/python -m torch_impl.train --tokenizer bpe --vocab_size 4096 --block_size 21 "
+    "--out_dir out-bpe": {
+        "replace": {"4096": "300"},
+        "flags": [*TINY, "--device", "cpu", "--text", "README.md"],
+    },
+    '.venv/bin/python -m torch_impl.sample --out_dir out-bpe --start "ROMEO:"': {
+        "flags": ["--max_new_tokens", "20", "--num_samples", "1"]
+    },
+    ".venv/bin/python -m torch_impl.train --config configs/gpt2_124m.toml --dataset "
+    "../nanoGPT/data/openwebtext": {
+        "replace": {"../nanoGPT/data/openwebtext": "data/shakespeare_char"},
+        "flags": [*TINY, "--device", "cpu"],
+    },
     'make test ARGS="-k gpt"': {"flags": ["--collect-only", "-q"]},
     "make test": None,  # this very suite: CI runs it; here only `make -n test`
     "make notebooks": None,  # executes every notebook (minutes); tests/test_notebooks.py does

@@ -67,7 +67,7 @@ class TrainingData:
 
     def describe(self) -> str:
         per_token = self.characters_per_token
-        rate = "" if per_token is None else f", {per_token:.2f} characters per token"
+        rate = "" if per_token is None else f", {per_token:.2f} characters per val token"
         return (
             f"data: {self.meta['source']}, {self.tokenizer.describe()}, {len(self.train):,} train "
             f"and {len(self.val):,} val tokens{rate}"
