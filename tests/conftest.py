@@ -83,6 +83,18 @@ def corpus_dir(tmp_path_factory):
     return data_dir
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module of tiny models: a second thread only adds waiting, badly
+    so on a busy machine. Restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -35,13 +35,7 @@ TEXT = "to be, or not to be: that is the question\n"
 CHARS = sorted(set(TEXT))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second thread only adds waiting, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (conftest.py)
 
 
 def float64_model(cfg: GPTConfig = CFG, attention: str = "sdpa") -> GPT:
