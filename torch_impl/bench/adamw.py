@@ -14,7 +14,6 @@ and noisy); times are printed and saved, never asserted.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from ref_numpy.gpt import param_shapes
 from torch_impl.bench.common import GPT2_124M, BenchOptions, bar_figure
 from torch_impl.bench.timing import interleaved_times
-from torch_impl.report import RESULTS_DIR, format_table
+from torch_impl.report import RESULTS_DIR, format_table, saved_results
 
 IMPLEMENTATIONS = ("for-loop", "foreach", "fused")
 FUSED_READS_WRITES = 7  # p, g, m, v read once; p, m, v written once
@@ -156,17 +155,11 @@ def run(options: BenchOptions) -> list[dict]:
 def saved_gpu_results(results_dir: Path = RESULTS_DIR) -> list[dict]:
     """The saved reports (`results/*.json`, and the GPU report's `results/gpu_report_*/`) that
     hold an "adamw" section measured on a GPU."""
-    reports = []
-    results_dir = Path(results_dir)
-    paths = sorted(results_dir.glob("*.json")) + sorted(results_dir.glob("gpu_report_*/*.json"))
-    for path in paths:
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # not a report of ours
-        if isinstance(report, dict) and "adamw" in report and report.get("device_type") == "cuda":
-            reports.append({**report, "path": str(path)})
-    return reports
+    return [
+        {**report, "path": str(path)}
+        for path, report in saved_results(results_dir, "*.json")
+        if "adamw" in report and report.get("device_type") == "cuda"
+    ]
 
 
 # ----------------------------------------------------------------------------- the report

@@ -39,7 +39,7 @@ from torch_impl.bench.adamw import compare_adamw
 from torch_impl.bench.attention import MANUAL, SDPA_FLASH, attention_functions
 from torch_impl.bench.common import QUICK_BATCH_SIZE, QUICK_MODEL, BenchOptions, make_train_model
 from torch_impl.bench.timing import interleaved_times
-from torch_impl.report import RESULTS_DIR, figure_title, format_table
+from torch_impl.report import RESULTS_DIR, figure_title, format_table, saved_results
 from torch_impl.roofline_check import gelu_rate, measure_this_cpu, profile_step
 
 ATTENTION, OPTIMIZER = "flash", "fused"  # as the CPU trainer runs: SDPA, fused AdamW
@@ -209,22 +209,14 @@ def gpu_measurements(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
     "all on" against the datasheet peak. The GPU report's folders (`gpu_report_<device>/`) are read
     too, keyed by their relative path."""
     found = {}
-    results_dir = Path(results_dir)
-    paths = sorted(results_dir.glob("bench_*.json")) + sorted(
-        results_dir.glob("gpu_report_*/bench_*.json")
-    )
-    for path in paths:
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for path, report in saved_results(results_dir, "bench_*.json"):
         if report.get("device_type") != "cuda" or report.get("quick"):
             continue
         device = gpu_for(report.get("device", ""))
         rows: dict[str, dict] = {}
         if device is not None:
             rows = _gpu_rows(report, device)
-        found[path.relative_to(results_dir).as_posix()] = {
+        found[path.relative_to(Path(results_dir)).as_posix()] = {
             "device": report.get("device"),
             "date": report.get("date"),
             "model": device.name if device else None,
@@ -314,30 +306,14 @@ def print_table(section: dict) -> None:
             ]
             for group, row in result["groups"].items()
         ]
-        overhead = result["overhead_measured"] / result["overhead_predicted"]
-        rows.append(
-            [
-                "calls: Python, autograd, dispatch",
-                "",
-                _ms(result["overhead_predicted"]),
-                _ms(result["overhead_measured"]),
-                f"{overhead:.2f}",
-                "",
-                "",
-            ]
-        )
-        step = result["step_measured"] / result["step_predicted"]
-        rows.append(
-            [
-                "whole step (wall clock)",
-                "",
-                _ms(result["step_predicted"]),
-                _ms(result["step_measured"]),
-                f"{step:.2f}",
-                "",
-                "",
-            ]
-        )
+        for label, key in (
+            ("calls: Python, autograd, dispatch", "overhead"),
+            ("whole step (wall clock)", "step"),
+        ):
+            predicted, measured = result[f"{key}_predicted"], result[f"{key}_measured"]
+            rows.append(
+                [label, "", _ms(predicted), _ms(measured), f"{measured / predicted:.2f}", "", ""]
+            )
         headers = ["group", "bound", "predicted ms", "measured ms", "measured/pred", "calls"]
         print(format_table([*headers, "us per call"], rows))
     _print_claims(section)
